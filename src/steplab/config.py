@@ -1,0 +1,390 @@
+"""The typed config tree: one schema for the CLI, TOML config files and the Python API.
+
+Each section is a `kw_only` dataclass; each field carries a one-line help text and,
+where it has one, its valid range. `RunConfig` is the root. The CLI (`steplab.cli`) is
+generated from these classes, a config file is a serialized `RunConfig`, and the resolved
+config is written into every run directory as `config.toml`.
+
+Validation names the flag the user typed: ``--optim.lr must be > 0 (got -1)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from steplab.errors import ConfigError
+
+
+def opt(default: Any, help: str, **bounds: float) -> Any:  # noqa: A002 - mirrors argparse
+    """A config field with its help text and optional bounds (gt, ge, lt, le)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **bounds})
+    return field(default=default, metadata={"help": help, **bounds})
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """The decoder: a GPT-2 or Llama-style transformer chosen by these switches."""
+
+    n_layer: int = opt(4, "number of transformer blocks", ge=1)
+    n_head: int = opt(4, "attention heads", ge=1)
+    n_kv_head: int | None = opt(None, "key/value heads for grouped-query attention (default: n_head)", ge=1)
+    n_embd: int = opt(128, "model width", ge=1)
+    block_size: int = opt(64, "context length in tokens", ge=1)
+    vocab_size: int = opt(0, "vocabulary size (0: taken from the tokenizer)", ge=0)
+    pos: Literal["learned", "rope"] = opt("learned", "position encoding")
+    rope_theta: float = opt(10000.0, "RoPE base frequency", gt=0)
+    norm: Literal["layernorm", "rmsnorm"] = opt("layernorm", "normalisation layer")
+    norm_eps: float = opt(1e-5, "epsilon of the norm layers", gt=0)
+    mlp: Literal["gelu", "swiglu", "relu2"] = opt("gelu", "MLP type")
+    mlp_ratio: float = opt(4.0, "MLP hidden width / model width (swiglu uses 2/3 of it)", gt=0)
+    qk_norm: bool = opt(False, "RMS-normalise queries and keys per head")
+    tie_embeddings: bool = opt(True, "share the input embedding and the output head")
+    bias: bool = opt(True, "biases in linear and norm layers")
+    dropout: float = opt(0.0, "dropout probability", ge=0, lt=1)
+    init_std: float = opt(0.02, "standard deviation of the weight initialisation", gt=0)
+    parametrization: Literal["sp", "mup"] = opt("sp", "standard or maximal-update (muP) parametrization")
+    mup_base_width: int = opt(128, "base width that muP hyperparameters refer to", ge=1)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        hidden = self.mlp_ratio * self.n_embd
+        if self.mlp == "swiglu":  # three matrices instead of two: keep the parameter count
+            hidden = hidden * 2 / 3
+        return max(8, int(math.ceil(hidden / 8) * 8)) if hidden >= 8 else max(1, int(hidden))
+
+    def check(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"--model.n-embd ({self.n_embd}) must be divisible by --model.n-head ({self.n_head})")
+        if self.n_head % self.kv_heads:
+            raise ConfigError(
+                f"--model.n-head ({self.n_head}) must be divisible by --model.n-kv-head ({self.kv_heads})"
+            )
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ConfigError(f"rope needs an even head dimension (n_embd/n_head = {self.head_dim})")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where the text comes from and how it is split."""
+
+    path: str | None = opt(None, "text file, directory of text files, or JSONL (default: bundled Tiny Shakespeare)")
+    text_column: str = opt("text", "field of JSONL records that holds the text")
+    errors: Literal["strict", "replace"] = opt("strict", "what to do with bytes that are not UTF-8")
+    val_fraction: float = opt(0.1, "fraction of tokens (the end of the corpus) held out for validation", gt=0, lt=1)
+    redact: bool = opt(False, "scrub e-mails, phone numbers, IPs, card numbers and keys before tokenizing")
+    cache_dir: str | None = opt(None, "where token caches live (default: $STEPLAB_CACHE or ~/.cache/steplab)")
+
+
+@dataclass(kw_only=True)
+class TokenizerConfig:
+    """How text becomes tokens."""
+
+    kind: Literal["char", "byte", "bpe"] = opt("char", "tokenizer: char, byte (UTF-8) or bpe (trained locally)")
+    vocab_size: int = opt(4096, "BPE vocabulary size", ge=257)
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """The optimizer and its parameter groups."""
+
+    name: str = opt("adamw", "optimizer name (see `steplab optimizers`)")
+    lr: float | Literal["auto"] = opt(1e-3, "peak learning rate, or 'auto' to run the LR range test first", gt=0)
+    weight_decay: float = opt(0.1, "decoupled weight decay on matrices", ge=0)
+    beta1: float = opt(0.9, "first-moment decay (Adam family, Lion) ", ge=0, lt=1)
+    beta2: float = opt(0.99, "second-moment decay (Adam family, Lion)", ge=0, lt=1)
+    eps: float = opt(1e-8, "denominator epsilon", ge=0)
+    momentum: float = opt(0.9, "momentum (sgd, rmsprop, muon)", ge=0, lt=1)
+    nesterov: bool = opt(False, "Nesterov momentum (sgd)")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0: off)", ge=0)
+    decay_embeddings: bool = opt(False, "apply weight decay to embeddings too")
+    embed_lr_mult: float = opt(1.0, "learning-rate multiplier for embeddings", gt=0)
+    head_lr_mult: float = opt(1.0, "learning-rate multiplier for an untied output head", gt=0)
+
+
+@dataclass(kw_only=True)
+class ScheduleConfig:
+    """The learning-rate schedule: a pure function of the step and the run's progress."""
+
+    name: str = opt("cosine", "schedule name (constant, cosine, wsd, linear, inv_sqrt)")
+    warmup_steps: int = opt(100, "linear warm-up steps", ge=0)
+    min_lr_ratio: float = opt(0.1, "final learning rate / peak learning rate", ge=0, le=1)
+    decay_fraction: float = opt(0.2, "wsd: fraction of the run spent cooling down", ge=0, le=1)
+    cooldown: Literal["linear", "1-sqrt"] = opt("linear", "wsd: shape of the cool-down")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The step and the loop: batch, budget, precision, logging."""
+
+    batch_size: int = opt(12, "sequences per micro-batch", ge=1)
+    grad_accum: int = opt(1, "micro-batches per optimizer step", ge=1)
+    max_steps: int | None = opt(2000, "stop after this many optimizer steps", ge=1)
+    max_tokens: int | None = opt(None, "stop after this many training tokens", ge=1)
+    max_seconds: float | None = opt(None, "stop after this many seconds of training", gt=0)
+    target_loss: float | None = opt(None, "stop at the first evaluation at or below this validation loss", gt=0)
+    seed: int = opt(1337, "random seed (model init, batch order, dropout)")
+    device: str = opt("auto", "cpu, cuda, cuda:N, mps or auto")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "autocast dtype (auto: bf16 on CUDA, off on CPU)"
+    )
+    compile: bool = opt(False, "torch.compile the model")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)", ge=1)
+    log_every: int = opt(50, "log train metrics every N steps", ge=1)
+    progress: bool = opt(True, "show a progress bar (plain lines when not a terminal)")
+    tensorboard: bool = opt(True, "also write TensorBoard events (when the tensorboard extra is installed)")
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """Validation: when and how much."""
+
+    every: int = opt(500, "evaluate every N steps (0: only at the end)", ge=0)
+    max_windows: int | None = opt(
+        None, "evaluate a fixed seeded subset of this many windows (default: the whole split)", ge=1
+    )
+    batch_size: int = opt(256, "windows per evaluation batch", ge=1)
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    """When to save and how many to keep."""
+
+    every: int = opt(0, "save a checkpoint every N steps (0: only at the end)", ge=0)
+    keep_last: int = opt(2, "keep the newest K checkpoints", ge=1)
+    keep_best: bool = opt(True, "also keep the checkpoint with the best validation loss")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "tokenizer": TokenizerConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "checkpoint": CheckpointConfig,
+}
+
+# `--data corpus/` and `--tokenizer bpe` are short for the section's main field.
+SHORTHANDS: dict[str, str] = {"data": "path", "tokenizer": "kind", "optim": "name", "schedule": "name"}
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """The root of the config tree: everything a run depends on."""
+
+    preset: str = opt("default", "the preset this config started from")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self) -> RunConfig:
+        """Check every field's type and range; raise `ConfigError` naming the flag."""
+        for name in SECTIONS:
+            section = getattr(self, name)
+            for f in dataclasses.fields(section):
+                check_value(f, getattr(section, f.name), flag(name, f.name))
+            if hasattr(section, "check"):
+                section.check()
+        t = self.train
+        if t.max_steps is None and t.max_tokens is None and t.max_seconds is None:
+            raise ConfigError("no budget: set --train.max-steps, --train.max-tokens or --train.max-seconds")
+        from steplab.optim import OPTIMIZERS
+        from steplab.schedules import SCHEDULES
+
+        if self.optim.name not in OPTIMIZERS:
+            raise ConfigError(
+                f"--optim.name: unknown optimizer {self.optim.name!r} (valid: {', '.join(sorted(OPTIMIZERS))})"
+            )
+        if self.schedule.name not in SCHEDULES:
+            raise ConfigError(
+                f"--schedule.name: unknown schedule {self.schedule.name!r} (valid: {', '.join(sorted(SCHEDULES))})"
+            )
+        return self
+
+
+def flag(section: str | None, name: str) -> str:
+    return f"--{section + '.' if section else ''}{name.replace('_', '-')}"
+
+
+# --- types and values -------------------------------------------------------------------
+
+
+def field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _options(tp: Any) -> list[Any]:
+    """Flatten `X | None | Literal[...]` into its member types."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return [m for a in typing.get_args(tp) for m in _options(a)]
+    return [tp]
+
+
+def describe(tp: Any) -> str:
+    parts = []
+    for o in _options(tp):
+        if typing.get_origin(o) is Literal:
+            parts.append("|".join(str(a) for a in typing.get_args(o)))
+        elif o is type(None):
+            parts.append("none")
+        else:
+            parts.append(getattr(o, "__name__", str(o)))
+    return " or ".join(parts)
+
+
+def coerce(tp: Any, value: Any, where: str) -> Any:
+    """Turn `value` (a CLI string or a TOML value) into a value of type `tp`."""
+    opts = _options(tp)
+    is_str = isinstance(value, str)
+    if value is None or (is_str and value.lower() in ("none", "null") and type(None) in opts):
+        if type(None) in opts:
+            return None
+        raise ConfigError(f"{where} cannot be none (expected {describe(tp)})")
+    # Literal choices first (so `auto` matches before float parsing fails).
+    for o in opts:
+        if typing.get_origin(o) is Literal and value in typing.get_args(o):
+            return value
+    for o in opts:
+        try:
+            if o is bool:
+                if isinstance(value, bool):
+                    return value
+                if is_str and value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if is_str and value.lower() in ("false", "0", "no", "off"):
+                    return False
+            elif o is int:
+                if isinstance(value, bool):
+                    continue
+                if isinstance(value, int):
+                    return value
+                if isinstance(value, float) and value.is_integer():
+                    return int(value)
+                if is_str:
+                    num = float(value)
+                    if num.is_integer():
+                        return int(num)
+            elif o is float:
+                if isinstance(value, bool):
+                    continue
+                if isinstance(value, (int, float)):
+                    return float(value)
+                if is_str:
+                    return float(value)
+            elif o is str:
+                if is_str:
+                    return value
+        except ValueError:
+            continue
+    literal = [a for o in opts if typing.get_origin(o) is Literal for a in typing.get_args(o)]
+    if literal and not any(o in (int, float, bool) for o in opts):
+        raise ConfigError(f"{where} must be one of {', '.join(map(str, literal))} (got {value!r})")
+    raise ConfigError(f"{where} must be {describe(tp)} (got {value!r})")
+
+
+def check_value(f: dataclasses.Field, value: Any, where: str) -> None:
+    md = f.metadata
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if "gt" in md and not value > md["gt"]:
+        raise ConfigError(f"{where} must be > {md['gt']:g} (got {value:g})")
+    if "ge" in md and not value >= md["ge"]:
+        raise ConfigError(f"{where} must be >= {md['ge']:g} (got {value:g})")
+    if "lt" in md and not value < md["lt"]:
+        raise ConfigError(f"{where} must be < {md['lt']:g} (got {value:g})")
+    if "le" in md and not value <= md["le"]:
+        raise ConfigError(f"{where} must be <= {md['le']:g} (got {value:g})")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be finite (got {value})")
+
+
+def set_value(cfg: RunConfig, dotted: str, value: Any, where: str | None = None) -> None:
+    """Set `section.field` (hyphens or underscores) on `cfg`, coercing `value` to the field's type."""
+    section, _, name = dotted.replace("-", "_").partition(".")
+    where = where or flag(section if name else None, name or section)
+    if not name:
+        if section in SHORTHANDS:
+            section, name = section, SHORTHANDS[section]
+        elif section in {f.name for f in dataclasses.fields(RunConfig)} and section not in SECTIONS:
+            setattr(cfg, section, coerce(field_type(RunConfig, section), value, where))
+            return
+        else:
+            raise ConfigError(f"unknown setting {where} (sections: {', '.join(SECTIONS)})")
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown section in {where} (valid: {', '.join(SECTIONS)})")
+    cls = SECTIONS[section]
+    names = [f.name for f in dataclasses.fields(cls)]
+    if name not in names:
+        raise ConfigError(
+            f"unknown setting {where} (valid in {section}: {', '.join(n.replace('_', '-') for n in names)})"
+        )
+    setattr(getattr(cfg, section), name, coerce(field_type(cls, name), value, where))
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """A plain dict of the config (None values dropped: TOML has no null)."""
+
+    def clean(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: (clean(v) if isinstance(v, dict) else v) for k, v in d.items() if v is not None}
+
+    return clean(dataclasses.asdict(cfg))
+
+
+def update_from_dict(cfg: RunConfig, data: dict[str, Any], source: str) -> RunConfig:
+    """Apply a nested dict (from TOML or JSON) onto `cfg`; unknown keys are errors."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            if key not in SECTIONS:
+                raise ConfigError(f"{source}: unknown section [{key}] (valid: {', '.join(SECTIONS)})")
+            for sub, v in value.items():
+                set_value(cfg, f"{key}.{sub}", v, where=f"{source}: {key}.{sub}")
+        else:
+            set_value(cfg, key, value, where=f"{source}: {key}")
+    return cfg
+
+
+def load_toml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML ({e})") from None
+    return update_from_dict(base or RunConfig(), data, str(p))
+
+
+def dump_toml(cfg: RunConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    return update_from_dict(RunConfig(), data, "config")

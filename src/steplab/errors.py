@@ -1,0 +1,24 @@
+"""Error types for user mistakes.
+
+Everything a user can get wrong (a flag, a path, a corpus, a checkpoint) raises a
+`SteplabError`; the CLI prints it as one line and exits with code 2. Internal invariants
+use `assert`.
+"""
+
+from __future__ import annotations
+
+
+class SteplabError(ValueError):
+    """A user-facing error: what is wrong, where, and what to do."""
+
+
+class ConfigError(SteplabError):
+    """A bad config value, key or flag."""
+
+
+class DataError(SteplabError):
+    """A corpus that cannot be read or tokenized."""
+
+
+class CheckpointError(SteplabError):
+    """A checkpoint that is missing, damaged, unsafe or does not match."""

@@ -1,0 +1,203 @@
+"""A decoder-only transformer that reads top to bottom.
+
+GPT-2 style by default (learned positions, LayerNorm, GELU, tied embeddings, biases);
+the Llama style is the same code with ``pos="rope", norm="rmsnorm", mlp="swiglu",
+bias=False``. Shapes in trailing comments: B batch, T time, C width, nh heads,
+nkv key/value heads, hs head size, V vocabulary.
+
+Under muP (``parametrization="mup"``) three things change with the width ratio
+m = n_embd / mup_base_width: hidden weights are initialised with std init_std/sqrt(m),
+attention scores are scaled by 1/hs instead of 1/sqrt(hs), and the logits are divided
+by m. The per-group learning-rate scaling lives in `steplab.optim`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from steplab.config import ModelConfig
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def rope_cache(cfg: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables for rotary embeddings, (T, hs/2) each, in the rotate-half layout."""
+    hs = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hs, 2, device=device, dtype=torch.float32) / hs))
+    t = torch.arange(cfg.block_size, device=device, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)  # (T, hs/2)
+    return freqs.cos(), freqs.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (i, i + hs/2) of x (B, nh, T, hs): the Llama / Hugging Face convention."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        # One fused projection for q, k and v: (nh + 2 * nkv) * hs outputs.
+        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.dropout = cfg.dropout
+        self.scale = 1.0 / self.head_dim if cfg.parametrization == "mup" else None  # None: sdpa's 1/sqrt(hs)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        B, T, C = x.shape
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            cos, sin = rope[0][:T], rope[1][:T]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if nkv != nh:  # grouped-query attention: each kv head serves nh / nkv query heads
+            k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, T, hs)
+            v = v.repeat_interleave(nh // nkv, dim=1)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0, scale=self.scale
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return F.dropout(self.proj(y), self.dropout, self.training)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.kind, hidden = cfg.mlp, cfg.mlp_hidden
+        # swiglu fuses its gate and up projections into one matrix: (C) -> (2 * hidden)
+        self.fc = nn.Linear(cfg.n_embd, hidden * (2 if self.kind == "swiglu" else 1), bias=cfg.bias)
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.gelu(h)
+        return F.dropout(self.proj(h), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = make_norm(cfg, cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.norm2 = make_norm(cfg, cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.vocab_size > 0, "vocab_size must be set (from the tokenizer) before building the model"
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg, cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        width_mult = cfg.n_embd / cfg.mup_base_width if cfg.parametrization == "mup" else 1.0
+        self.logit_scale = 1.0 / width_mult
+        if cfg.pos == "rope":
+            cos, sin = rope_cache(cfg)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer).
+
+        Under muP the hidden matrices' std also shrinks with 1/sqrt(width / base width).
+        """
+        cfg = self.cfg
+        std = cfg.init_std
+        hidden_std = std / math.sqrt(cfg.n_embd / cfg.mup_base_width) if cfg.parametrization == "mup" else std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                if name.endswith("bias"):
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.ones_(p)
+            elif name.startswith(("wte", "wpe")):
+                nn.init.normal_(p, 0.0, std)
+            elif name.startswith("lm_head"):
+                # Untied head: zero-init under muP (the standard muP readout), std otherwise.
+                if cfg.parametrization == "mup":
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, 0.0, std)
+            elif name.endswith("proj.weight"):
+                nn.init.normal_(p, 0.0, hidden_std / math.sqrt(2 * cfg.n_layer))
+            else:
+                nn.init.normal_(p, 0.0, hidden_std)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) and, given targets (B, T), the mean cross-entropy."""
+        B, T = idx.shape
+        assert T <= self.cfg.block_size, f"sequence of {T} tokens exceeds block_size {self.cfg.block_size}"
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast
+        x = self.drop(x)
+        rope = (self.rope_cos, self.rope_sin) if self.cfg.pos == "rope" else None
+        for block in self.blocks:
+            x = block(x, rope)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+
+def count_params(model: GPT, *, embeddings: bool = True) -> int:
+    """Parameters, shared ones once; without `embeddings`, the lookup tables are left out
+    (a tied input embedding stays: it is also the output head)."""
+    n = 0
+    for name, p in model.named_parameters():  # named_parameters() yields a tied weight once
+        if not embeddings and (name.startswith("wpe") or (name.startswith("wte") and not model.cfg.tie_embeddings)):
+            continue
+        n += p.numel()
+    return n
+
+
+def flops_per_token(cfg: ModelConfig, n_matmul_params: int) -> float:
+    """Training FLOPs per token: 6N for the matmuls plus 12 * L * C * T for attention (PaLM appendix B)."""
+    return 6.0 * n_matmul_params + 12.0 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+
+def matmul_params(model: GPT) -> int:
+    """Weights that take part in a matrix multiply per token (the head included, the lookup tables not)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))

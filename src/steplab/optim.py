@@ -1,0 +1,110 @@
+"""Optimizers: a registry keyed by name, and one parameter-grouping rule for all of them.
+
+`param_groups` splits a model's parameters into named groups (hidden matrices, embeddings,
+untied output head, vectors = norms and biases) with their weight decay and learning-rate
+multiplier; every optimizer is built from those groups, so the rule lives in one place. The
+training loop sets ``group["lr"] = peak_lr * schedule * group["lr_mult"]`` each step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from steplab.config import ModelConfig, OptimConfig
+
+Groups = list[dict[str, Any]]
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig, model_cfg: ModelConfig | None = None) -> Groups:
+    """Named parameter groups: no decay on vectors and (unless asked) embeddings.
+
+    Under muP, Adam-family learning rates of hidden matrices are divided by the width
+    multiplier (n_embd / mup_base_width), so a learning rate tuned at the base width transfers.
+    """
+    buckets: dict[str, list[nn.Parameter]] = {"matrix": [], "embed": [], "head": [], "vector": []}
+    for name, p in model.named_parameters():  # a tied weight appears once, under wte
+        if not p.requires_grad:
+            continue
+        if name.startswith(("wte.", "wpe.")):
+            buckets["embed"].append(p)
+        elif name.startswith("lm_head."):
+            buckets["head"].append(p)
+        elif p.dim() < 2:
+            buckets["vector"].append(p)
+        else:
+            buckets["matrix"].append(p)
+    mup = model_cfg is not None and model_cfg.parametrization == "mup"
+    width_mult = model_cfg.n_embd / model_cfg.mup_base_width if mup and model_cfg else 1.0
+    settings = {
+        "matrix": (cfg.weight_decay, 1.0 / width_mult),
+        "embed": (cfg.weight_decay if cfg.decay_embeddings else 0.0, cfg.embed_lr_mult),
+        "head": (cfg.weight_decay, cfg.head_lr_mult / width_mult),
+        "vector": (0.0, 1.0),
+    }
+    return [
+        {"name": k, "params": ps, "weight_decay": settings[k][0], "lr_mult": settings[k][1]}
+        for k, ps in buckets.items()
+        if ps
+    ]
+
+
+def _fast_kwargs(device: torch.device) -> dict[str, Any]:
+    """Fused kernels on CUDA, foreach on CPU (one multi-tensor op instead of a Python loop)."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+
+
+def _initial_lr(cfg: OptimConfig) -> float:
+    return cfg.lr if isinstance(cfg.lr, float) else 1e-3
+
+
+def build_adamw(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        groups, lr=_initial_lr(cfg), betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **_fast_kwargs(device)
+    )
+
+
+def build_adam(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Adam with L2-coupled decay: weight decay off unless set on the groups (it would be L2)."""
+    for g in groups:
+        g["weight_decay"] = 0.0
+    return torch.optim.Adam(groups, lr=_initial_lr(cfg), betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **_fast_kwargs(device))
+
+
+def build_sgd(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        groups, lr=_initial_lr(cfg), momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        **_fast_kwargs(device),
+    )
+
+
+Builder = Callable[[Groups, OptimConfig, torch.device], torch.optim.Optimizer]
+
+OPTIMIZERS: dict[str, Builder] = {
+    "adamw": build_adamw,
+    "adam": build_adam,
+    "sgd": build_sgd,
+}
+
+# A learning rate that works for each optimizer on the default model when the user sets none.
+DEFAULT_LR: dict[str, float] = {"adamw": 1e-3, "adam": 1e-3, "sgd": 0.3}
+
+
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, device: torch.device, model_cfg: ModelConfig | None = None
+) -> torch.optim.Optimizer:
+    """The configured optimizer over `param_groups(model, cfg)`."""
+    groups = param_groups(model, cfg, model_cfg)
+    opt = OPTIMIZERS[cfg.name](groups, cfg, device)
+    for g in opt.param_groups:
+        g.setdefault("lr_mult", 1.0)
+    return opt
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Apply a peak-times-schedule learning rate to every group, with its multiplier."""
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
