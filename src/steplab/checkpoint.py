@@ -194,7 +194,9 @@ def latest(run_dir: Path, *, which: str = "latest") -> Path:
     if which == "best":
         best = _best_step(root)
         if best is not None and best in steps:
-            candidates = [root / f"{PREFIX}{best:08d}"] + [c for c in candidates if not c.name.endswith(f"{best:08d}")]
+            candidates = [root / f"{PREFIX}{best:08d}"] + [
+                c for c in candidates if not c.name.endswith(f"{best:08d}")
+            ]
     errors = []
     for c in candidates:
         try:
@@ -238,12 +240,20 @@ def load(path: Path, *, with_optimizer: bool = True) -> Loaded:
         opt = None
         if with_optimizer and (path / "optimizer.pt").exists():
             opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True) if (path / "rng.pt").exists() else None
+        rng = (
+            torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
+            if (path / "rng.pt").exists()
+            else None
+        )
     except CheckpointError:
         raise
     except Exception as e:  # an unpickling refusal, a truncated file, a bad JSON
-        raise CheckpointError(f"{path}: cannot be loaded safely ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return Loaded(path=path, cfg=cfg, tokenizer=tokenizer, weights=weights, state=state, optimizer=opt, rng=rng)
+        raise CheckpointError(
+            f"{path}: cannot be loaded safely ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
+    return Loaded(
+        path=path, cfg=cfg, tokenizer=tokenizer, weights=weights, state=state, optimizer=opt, rng=rng
+    )
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:

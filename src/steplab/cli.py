@@ -18,7 +18,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from steplab.config import SECTIONS, SHORTHANDS, RunConfig, describe, dump_toml, field_type, load_toml, set_value
+from steplab.config import (
+    SECTIONS,
+    SHORTHANDS,
+    RunConfig,
+    describe,
+    dump_toml,
+    field_type,
+    load_toml,
+    set_value,
+)
 from steplab.errors import SteplabError
 
 CFG_PREFIX = "cfg:"
@@ -34,14 +43,23 @@ class Parser(argparse.ArgumentParser):
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per config field, generated from the dataclasses (their help is the field's doc)."""
-    p.add_argument("--preset", default=None, help="start from a preset (see `steplab presets`; default: default)")
-    p.add_argument("--config", default=None, metavar="FILE", help="a TOML config file (a serialized RunConfig)")
+    p.add_argument(
+        "--preset", default=None, help="start from a preset (see `steplab presets`; default: default)"
+    )
+    p.add_argument(
+        "--config", default=None, metavar="FILE", help="a TOML config file (a serialized RunConfig)"
+    )
     for section, cls in SECTIONS.items():
-        g = p.add_argument_group(f"{section} ({cls.__doc__.splitlines()[0].rstrip('.') if cls.__doc__ else ''})")
+        g = p.add_argument_group(
+            f"{section} ({cls.__doc__.splitlines()[0].rstrip('.') if cls.__doc__ else ''})"
+        )
         if section in SHORTHANDS:
             main = SHORTHANDS[section]
             g.add_argument(
-                f"--{section}", dest=f"{CFG_PREFIX}{section}.{main}", default=argparse.SUPPRESS, metavar="VALUE",
+                f"--{section}",
+                dest=f"{CFG_PREFIX}{section}.{main}",
+                default=argparse.SUPPRESS,
+                metavar="VALUE",
                 help=f"short for --{section}.{main.replace('_', '-')}",
             )
         for f in dataclasses.fields(cls):
@@ -56,8 +74,11 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
                 kwargs["metavar"] = describe(tp).upper().replace(" OR ", "|")
             default = f.default if f.default is not dataclasses.MISSING else None
             g.add_argument(
-                *names, dest=f"{CFG_PREFIX}{section}.{f.name}", default=argparse.SUPPRESS,
-                help=f"{f.metadata.get('help', '')} (default: {default})", **kwargs,
+                *names,
+                dest=f"{CFG_PREFIX}{section}.{f.name}",
+                default=argparse.SUPPRESS,
+                help=f"{f.metadata.get('help', '')} (default: {default})",
+                **kwargs,
             )
 
 
@@ -87,13 +108,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_toml(cfg), end="")
         return 0
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (args.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = (
+        Path(args.run_dir)
+        if args.run_dir
+        else Path("runs") / (args.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    )
     if isinstance(cfg.optim.lr, str):
         from steplab.tune.lr_find import resolve_auto_lr
 
         resolve_auto_lr(cfg, quiet=args.quiet)
     result = train(
-        cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=cfg.train.progress and not args.quiet
+        cfg,
+        run_dir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=cfg.train.progress and not args.quiet,
     )
     f = result.final
     summary = (
@@ -148,8 +177,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out.write(prompt if args.prompt else "")
     dec = StreamDecoder(tok)
     for t in generate(
-        model, torch.tensor(ids), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, seed=args.seed,
+        model,
+        torch.tensor(ids),
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
     ):
         out.write(dec.push(t))
         out.flush()
@@ -172,12 +206,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"the corpus tokenizes differently from the checkpoint's tokenizer ({loaded.path}); "
             "evaluate on the run's own --data"
         )
-    x, y = val_windows(data.val, cfg.model.block_size, args.max_windows or cfg.eval.max_windows, cfg.train.seed)
+    x, y = val_windows(
+        data.val, cfg.model.block_size, args.max_windows or cfg.eval.max_windows, cfg.train.seed
+    )
     device = next(model.parameters()).device
     loss = mean_loss(
-        model, x, y, batch_size=cfg.eval.batch_size, device=device, amp=autocast(device, autocast_dtype(cfg.train, device))
+        model,
+        x,
+        y,
+        batch_size=cfg.eval.batch_size,
+        device=device,
+        amp=autocast(device, autocast_dtype(cfg.train, device)),
     )
-    res = {"checkpoint": str(loaded.path), "step": loaded.state.step, "windows": len(x), **summarize(loss, data.bytes_per_token)}
+    res = {
+        "checkpoint": str(loaded.path),
+        "step": loaded.state.step,
+        "windows": len(x),
+        **summarize(loss, data.bytes_per_token),
+    }
     if args.json:
         print(json.dumps(res))
     else:
@@ -225,8 +271,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     add_config_flags(p)
     p.add_argument("--run-dir", default=None, help="run directory (default: runs/NAME)")
     p.add_argument("--name", default=None, help="run name under runs/ (default: PRESET-TIMESTAMP)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None, choices=["auto"],
-                   help="continue from the newest valid checkpoint of --run-dir")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        choices=["auto"],
+        help="continue from the newest valid checkpoint of --run-dir",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --run-dir")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import tomllib
 
 from steplab.errors import ConfigError
 
@@ -70,7 +71,9 @@ class ModelConfig:
 
     def check(self) -> None:
         if self.n_embd % self.n_head:
-            raise ConfigError(f"--model.n-embd ({self.n_embd}) must be divisible by --model.n-head ({self.n_head})")
+            raise ConfigError(
+                f"--model.n-embd ({self.n_embd}) must be divisible by --model.n-head ({self.n_head})"
+            )
         if self.n_head % self.kv_heads:
             raise ConfigError(
                 f"--model.n-head ({self.n_head}) must be divisible by --model.n-kv-head ({self.kv_heads})"
@@ -83,10 +86,14 @@ class ModelConfig:
 class DataConfig:
     """Where the text comes from and how it is split."""
 
-    path: str | None = opt(None, "text file, directory of text files, or JSONL (default: bundled Tiny Shakespeare)")
+    path: str | None = opt(
+        None, "text file, directory of text files, or JSONL (default: bundled Tiny Shakespeare)"
+    )
     text_column: str = opt("text", "field of JSONL records that holds the text")
     errors: Literal["strict", "replace"] = opt("strict", "what to do with bytes that are not UTF-8")
-    val_fraction: float = opt(0.1, "fraction of tokens (the end of the corpus) held out for validation", gt=0, lt=1)
+    val_fraction: float = opt(
+        0.1, "fraction of tokens (the end of the corpus) held out for validation", gt=0, lt=1
+    )
     redact: bool = opt(False, "scrub e-mails, phone numbers, IPs, card numbers and keys before tokenizing")
     cache_dir: str | None = opt(None, "where token caches live (default: $STEPLAB_CACHE or ~/.cache/steplab)")
 
@@ -95,7 +102,9 @@ class DataConfig:
 class TokenizerConfig:
     """How text becomes tokens."""
 
-    kind: Literal["char", "byte", "bpe"] = opt("char", "tokenizer: char, byte (UTF-8) or bpe (trained locally)")
+    kind: Literal["char", "byte", "bpe"] = opt(
+        "char", "tokenizer: char, byte (UTF-8) or bpe (trained locally)"
+    )
     vocab_size: int = opt(4096, "BPE vocabulary size", ge=257)
 
 
@@ -104,7 +113,9 @@ class OptimConfig:
     """The optimizer and its parameter groups."""
 
     name: str = opt("adamw", "optimizer name (see `steplab optimizers`)")
-    lr: float | Literal["auto"] = opt(1e-3, "peak learning rate, or 'auto' to run the LR range test first", gt=0)
+    lr: float | Literal["auto"] = opt(
+        1e-3, "peak learning rate, or 'auto' to run the LR range test first", gt=0
+    )
     weight_decay: float = opt(0.1, "decoupled weight decay on matrices", ge=0)
     beta1: float = opt(0.9, "first-moment decay (Adam family, Lion) ", ge=0, lt=1)
     beta2: float = opt(0.99, "second-moment decay (Adam family, Lion)", ge=0, lt=1)
@@ -137,7 +148,9 @@ class TrainConfig:
     max_steps: int | None = opt(2000, "stop after this many optimizer steps", ge=1)
     max_tokens: int | None = opt(None, "stop after this many training tokens", ge=1)
     max_seconds: float | None = opt(None, "stop after this many seconds of training", gt=0)
-    target_loss: float | None = opt(None, "stop at the first evaluation at or below this validation loss", gt=0)
+    target_loss: float | None = opt(
+        None, "stop at the first evaluation at or below this validation loss", gt=0
+    )
     seed: int = opt(1337, "random seed (model init, batch order, dropout)")
     device: str = opt("auto", "cpu, cuda, cuda:N, mps or auto")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(

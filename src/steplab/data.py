@@ -27,7 +27,21 @@ from steplab.config import DataConfig, TokenizerConfig
 from steplab.errors import DataError
 from steplab.tokenizer import Tokenizer, from_json, train_tokenizer
 
-TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".py", ".c", ".h", ".js", ".ts", ".rs", ".go", ".java", ".tex"}
+TEXT_SUFFIXES = {
+    ".txt",
+    ".md",
+    ".rst",
+    ".text",
+    ".py",
+    ".c",
+    ".h",
+    ".js",
+    ".ts",
+    ".rs",
+    ".go",
+    ".java",
+    ".tex",
+}
 CACHE_VERSION = 1
 
 
@@ -49,7 +63,9 @@ def source_files(cfg: DataConfig) -> list[Path]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         files = [p for p in files if p.suffix.lower() in TEXT_SUFFIXES | {".jsonl"}]
         if not files:
-            raise DataError(f"--data: directory {path} holds no text files ({', '.join(sorted(TEXT_SUFFIXES))}, .jsonl)")
+            raise DataError(
+                f"--data: directory {path} holds no text files ({', '.join(sorted(TEXT_SUFFIXES))}, .jsonl)"
+            )
         return files
     return [path]
 
@@ -143,6 +159,7 @@ def prepare(data_cfg: DataConfig, tok_cfg: TokenizerConfig, *, progress: bool = 
         "errors": data_cfg.errors,
         "text_column": data_cfg.text_column,
         "redact": data_cfg.redact,
+        "val_fraction": data_cfg.val_fraction,
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
     cache = cache_root(data_cfg) / "tokens" / key
@@ -156,7 +173,9 @@ def prepare(data_cfg: DataConfig, tok_cfg: TokenizerConfig, *, progress: bool = 
     return TokenData(train=tokens[:-n_val], val=tokens[-n_val:], tokenizer=tokenizer, meta=meta)
 
 
-def _build_cache(data_cfg: DataConfig, tok_cfg: TokenizerConfig, cache: Path, settings: dict[str, Any]) -> None:
+def _build_cache(
+    data_cfg: DataConfig, tok_cfg: TokenizerConfig, cache: Path, settings: dict[str, Any]
+) -> None:
     docs = list(read_documents(data_cfg))
     if data_cfg.redact:
         from steplab.redact import redact
@@ -166,12 +185,14 @@ def _build_cache(data_cfg: DataConfig, tok_cfg: TokenizerConfig, cache: Path, se
     if not text.strip():
         where = data_cfg.path or "the bundled corpus"
         raise DataError(f"--data: {where} is empty (no text to train on)")
-    tokenizer = train_tokenizer(docs, tok_cfg)
+    tokenizer = train_tokenizer(docs + ["\n"] if len(docs) > 1 else docs, tok_cfg)  # "\n" joins documents
     ids = _encode_all(tokenizer, docs)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     n_val = max(1, int(round(len(ids) * data_cfg.val_fraction)))
     if len(ids) - n_val < 2 or n_val < 2:
-        raise DataError(f"--data: corpus has only {len(ids)} tokens; it needs more text to train and validate")
+        raise DataError(
+            f"--data: corpus has only {len(ids)} tokens; it needs more text to train and validate"
+        )
     val_text = tokenizer.decode(ids[-n_val:].tolist())
     meta = {
         **settings,
@@ -228,19 +249,23 @@ class BatchSampler:
         window = self.data[starts[:, None] + self.offsets]  # (B, T + 1)
         x, y = window[:, :-1], window[:, 1:]
         if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(
+                self.device, non_blocking=True
+            )
         return x.to(self.device), y.to(self.device)
 
 
-def val_windows(tokens: np.ndarray, block_size: int, max_windows: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def val_windows(
+    tokens: np.ndarray, block_size: int, max_windows: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-overlapping windows over the validation split (or a fixed seeded subset of them)."""
     data = torch.from_numpy(np.asarray(tokens).astype(np.int64))
-    n = (len(data) - 1) // block_size
-    if n < 1:
+    if len(data) < 2:
         raise DataError(
-            f"validation split has {len(data)} tokens, fewer than one context window ({block_size + 1}); "
-            "use more text, a larger --data.val-fraction or a smaller --model.block-size"
+            f"validation split has {len(data)} tokens; use more text or a larger --data.val-fraction"
         )
+    block_size = min(block_size, len(data) - 1)  # a split shorter than the context: one shorter window
+    n = (len(data) - 1) // block_size
     x = data[: n * block_size].view(n, block_size)
     y = data[1 : n * block_size + 1].view(n, block_size)
     if max_windows is not None and max_windows < n:

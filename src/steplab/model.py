@@ -165,7 +165,7 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, V) and, given targets (B, T), the mean cross-entropy."""
         B, T = idx.shape
-        assert T <= self.cfg.block_size, f"sequence of {T} tokens exceeds block_size {self.cfg.block_size}"
+        assert self.cfg.block_size >= T, f"sequence of {T} tokens exceeds block_size {self.cfg.block_size}"
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast
@@ -187,7 +187,9 @@ def count_params(model: GPT, *, embeddings: bool = True) -> int:
     (a tied input embedding stays: it is also the output head)."""
     n = 0
     for name, p in model.named_parameters():  # named_parameters() yields a tied weight once
-        if not embeddings and (name.startswith("wpe") or (name.startswith("wte") and not model.cfg.tie_embeddings)):
+        if not embeddings and (
+            name.startswith("wpe") or (name.startswith("wte") and not model.cfg.tie_embeddings)
+        ):
             continue
         n += p.numel()
     return n

@@ -71,12 +71,17 @@ def build_adam(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.
     """Adam with L2-coupled decay: weight decay off unless set on the groups (it would be L2)."""
     for g in groups:
         g["weight_decay"] = 0.0
-    return torch.optim.Adam(groups, lr=_initial_lr(cfg), betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **_fast_kwargs(device))
+    return torch.optim.Adam(
+        groups, lr=_initial_lr(cfg), betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **_fast_kwargs(device)
+    )
 
 
 def build_sgd(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     return torch.optim.SGD(
-        groups, lr=_initial_lr(cfg), momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        groups,
+        lr=_initial_lr(cfg),
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
         **_fast_kwargs(device),
     )
 

@@ -27,8 +27,9 @@ def default() -> RunConfig:
     m.pos, m.norm, m.mlp, m.bias = "rope", "rmsnorm", "relu2", False
     cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.beta2 = 3e-3, 0.1, 0.99
     cfg.schedule.name, cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio = "wsd", 50, 0.0
-    cfg.train.batch_size, cfg.train.max_steps = 32, 1500
-    cfg.eval.every = 500
+    cfg.schedule.decay_fraction = 0.3
+    cfg.train.batch_size, cfg.train.max_steps, cfg.train.log_every = 32, 600, 25
+    cfg.eval.every = 200
     return cfg
 
 

@@ -27,7 +27,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"--train.device: unknown device {name!r} (cpu, cuda, cuda:N, mps or auto)") from None
+        raise ConfigError(
+            f"--train.device: unknown device {name!r} (cpu, cuda, cuda:N, mps or auto)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--train.device cuda: no CUDA GPU is visible (use --train.device cpu)")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -64,7 +66,10 @@ def peak_flops(device: torch.device) -> float | None:
 def git_sha() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
         return out.stdout.strip() or None

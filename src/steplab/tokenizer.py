@@ -164,7 +164,8 @@ class StreamDecoder:
     """Decode tokens one at a time without splitting a multi-byte character."""
 
     def __init__(self, tok: Tokenizer):
-        self.tok, self.ids, self.emitted = tok, [], ""
+        self.tok, self.emitted = tok, ""
+        self.ids: list[int] = []
 
     def push(self, token: int) -> str:
         self.ids.append(token)

@@ -56,7 +56,7 @@ def _tensorboard_writer(run_dir: Path) -> Any:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """All records of a metrics.jsonl (a torn last line from a killed run is ignored)."""
-    out = []
+    out: list[dict[str, Any]] = []
     p = Path(path)
     if not p.exists():
         return out

@@ -30,7 +30,14 @@ from steplab.errors import ConfigError, SteplabError
 from steplab.evaluate import mean_loss, summarize
 from steplab.model import GPT, count_params, flops_per_token, matmul_params
 from steplab.optim import build_optimizer, set_lr
-from steplab.runtime import autocast, autocast_dtype, configure_threads, environment, peak_flops, resolve_device
+from steplab.runtime import (
+    autocast,
+    autocast_dtype,
+    configure_threads,
+    environment,
+    peak_flops,
+    resolve_device,
+)
 from steplab.schedules import build_schedule
 from steplab.track import MetricsLog, ProgressView, fmt_duration, truncate_metrics
 
@@ -249,7 +256,9 @@ def restore(s: Session, run_dir: Path) -> TrainState:
         try:
             s.optimizer.load_state_dict(loaded.optimizer)
         except (ValueError, KeyError, RuntimeError) as e:
-            raise SteplabError(f"{path}: optimizer state does not match --optim.name {s.cfg.optim.name} ({e})") from None
+            raise SteplabError(
+                f"{path}: optimizer state does not match --optim.name {s.cfg.optim.name} ({e})"
+            ) from None
     if loaded.rng is not None:
         ckpt.set_rng_state(loaded.rng)
     return loaded.state
@@ -266,7 +275,9 @@ def fit(
     """Train until the budget is spent (or a target, a signal or a callback stops the run)."""
     cfg, t = s.cfg, s.cfg.train
     state = state or TrainState()
-    log = MetricsLog(run_dir / "metrics.jsonl", tensorboard=t.tensorboard) if (run_dir and s.is_main) else None
+    log = (
+        MetricsLog(run_dir / "metrics.jsonl", tensorboard=t.tensorboard) if (run_dir and s.is_main) else None
+    )
     n_params = count_params(s.model)
     if run_dir and s.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -275,7 +286,7 @@ def fit(
         _write_run_json(run_dir, s, status="running", params=n_params)
     per_step = tokens_per_step(cfg)
     unit = "steps" if t.max_steps and not (t.max_tokens or t.max_seconds) else "%"
-    total = float(t.max_steps) if unit == "steps" else 100.0
+    total = float(t.max_steps or 0) if unit == "steps" else 100.0
     view = ProgressView(total, unit, enabled=progress and s.is_main)
     view.line(
         f"steplab: {n_params / 1e6:.2f}M params, {cfg.optim.name} lr {s.peak_lr:g}, "
@@ -293,17 +304,26 @@ def fit(
             return
         keep = {state.best_step} if (cfg.checkpoint.keep_best and state.best_step is not None) else set()
         ckpt.save(
-            run_dir, model=s.model, optimizer=s.optimizer, state=state, cfg=cfg, tokenizer=s.data.tokenizer,
-            keep_last=cfg.checkpoint.keep_last, keep=keep,
+            run_dir,
+            model=s.model,
+            optimizer=s.optimizer,
+            state=state,
+            cfg=cfg,
+            tokenizer=s.data.tokenizer,
+            keep_last=cfg.checkpoint.keep_last,
+            keep=keep,
         )
 
-    def run_eval() -> dict[str, float]:
+    def run_eval(final_eval: bool = False) -> dict[str, float]:
         if sync:
             torch.cuda.synchronize()
         result = evaluate(s)
         record = {
-            "step": state.step, "tokens": state.tokens, "train_seconds": round(state.train_seconds, 3),
-            "elapsed_seconds": round(elapsed0 + time.perf_counter() - start_wall, 3), **result,
+            "step": state.step,
+            "tokens": state.tokens,
+            "train_seconds": round(state.train_seconds, 3),
+            "elapsed_seconds": round(elapsed0 + time.perf_counter() - start_wall, 3),
+            **result,
         }
         improved = state.best_val_loss is None or result["val_loss"] < state.best_val_loss
         if improved:
@@ -314,6 +334,8 @@ def fit(
             f"eval step {state.step}: val_loss {result['val_loss']:.4f}  ppl {result['val_ppl']:.2f}  "
             f"bpb {result['val_bpb']:.4f}  (train {fmt_duration(state.train_seconds)})"
         )
+        if improved and cfg.checkpoint.keep_best and not final_eval:
+            checkpoint_now()  # the best model so far stays on disk whatever comes next
         for cb in callbacks:
             cb.on_eval(s, state, record)
         return result
@@ -326,8 +348,12 @@ def fit(
                 lr = s.peak_lr * mult
                 set_lr(s.optimizer, lr)
                 out = train_step(
-                    s.step_model, s.optimizer, s.micro_batches(state.step),
-                    grad_clip=cfg.optim.grad_clip, amp=s.amp(), no_sync=s.no_sync,
+                    s.step_model,
+                    s.optimizer,
+                    s.micro_batches(state.step),
+                    grad_clip=cfg.optim.grad_clip,
+                    amp=s.amp(),
+                    no_sync=s.no_sync,
                 )
                 state.step += 1
                 state.tokens += per_step
@@ -339,11 +365,15 @@ def fit(
                     tps = steps * per_step / secs if secs > 0 else 0.0
                     last_log = (state.step, state.train_seconds)
                     record = {
-                        "step": state.step, "tokens": state.tokens,
+                        "step": state.step,
+                        "tokens": state.tokens,
                         "train_seconds": round(state.train_seconds, 3),
                         "elapsed_seconds": round(elapsed0 + time.perf_counter() - start_wall, 3),
-                        "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                        "tokens_per_second": round(tps, 1), "step_seconds": secs / max(steps, 1),
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "tokens_per_second": round(tps, 1),
+                        "step_seconds": secs / max(steps, 1),
                     }
                     if s.peak_flops:
                         record["mfu"] = s.flops_per_token * tps / s.peak_flops
@@ -362,7 +392,9 @@ def fit(
                         )
                     if not math.isfinite(loss):
                         status = "diverged"
-                        view.line(f"loss is {loss} at step {state.step}: the run diverged (try a lower --optim.lr)")
+                        view.line(
+                            f"loss is {loss} at step {state.step}: the run diverged (try a lower --optim.lr)"
+                        )
                         break
                     for cb in callbacks:
                         cb.on_log(s, state, record)
@@ -385,7 +417,7 @@ def fit(
                     )
                     break
             if status == "finished" and s.is_main:
-                final = run_eval()
+                final = run_eval(final_eval=True)
             if status in ("finished", "target"):
                 checkpoint_now()
     except StopTraining:
@@ -398,9 +430,13 @@ def fit(
     if run_dir and s.is_main:
         _write_run_json(run_dir, s, status=status, params=n_params)
         summary = {
-            "status": status, "step": state.step, "tokens": state.tokens,
-            "train_seconds": state.train_seconds, "best_val_loss": state.best_val_loss,
-            "best_step": state.best_step, **final,
+            "status": status,
+            "step": state.step,
+            "tokens": state.tokens,
+            "train_seconds": state.train_seconds,
+            "best_val_loss": state.best_val_loss,
+            "best_step": state.best_step,
+            **final,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return Result(state=state, status=status, final=final, run_dir=run_dir)
@@ -413,9 +449,14 @@ def _write_run_json(run_dir: Path, s: Session, *, status: str, params: int) -> N
         info["environment"] = environment(s.device)
         info["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     info.update(
-        status=status, params=params, preset=s.cfg.preset, optimizer=s.cfg.optim.name,
-        seed=s.cfg.train.seed, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        flops_per_token=s.flops_per_token, data_meta=s.data.meta,
+        status=status,
+        params=params,
+        preset=s.cfg.preset,
+        optimizer=s.cfg.optim.name,
+        seed=s.cfg.train.seed,
+        updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        flops_per_token=s.flops_per_token,
+        data_meta=s.data.meta,
     )
     path.write_text(json.dumps(info, indent=1, default=str))
 

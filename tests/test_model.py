@@ -1,0 +1,141 @@
+"""The model against an independent, straightforward implementation written here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from steplab.config import ModelConfig
+from steplab.model import GPT, count_params, flops_per_token, matmul_params
+
+
+def reference_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """Logits computed with explicit loops and masks from the model's raw weights."""
+    cfg = model.cfg
+    sd = model.state_dict()
+    B, T = idx.shape
+    C, nh, nkv, hs = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim
+
+    def norm(x: torch.Tensor, prefix: str) -> torch.Tensor:
+        w = sd[prefix + ".weight"]
+        if cfg.norm == "rmsnorm":
+            return x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.norm_eps) * w
+        mu = x.mean(-1, keepdim=True)
+        var = ((x - mu) ** 2).mean(-1, keepdim=True)
+        y = (x - mu) / torch.sqrt(var + cfg.norm_eps) * w
+        return y + sd[prefix + ".bias"] if cfg.bias else y
+
+    def linear(x: torch.Tensor, prefix: str) -> torch.Tensor:
+        y = x @ sd[prefix + ".weight"].T
+        return y + sd[prefix + ".bias"] if cfg.bias else y
+
+    def rope(x: torch.Tensor) -> torch.Tensor:  # x (B, h, T, hs): rotate pairs (i, i + hs/2)
+        out = torch.empty_like(x)
+        half = hs // 2
+        for pos in range(T):
+            for i in range(half):
+                theta = pos / (cfg.rope_theta ** (2 * i / hs))
+                c, s = math.cos(theta), math.sin(theta)
+                a, b = x[..., pos, i], x[..., pos, i + half]
+                out[..., pos, i] = a * c - b * s
+                out[..., pos, i + half] = b * c + a * s
+        return out
+
+    x = sd["wte.weight"][idx]
+    if cfg.pos == "learned":
+        x = x + sd["wpe.weight"][:T]
+    mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+    for layer in range(cfg.n_layer):
+        p = f"blocks.{layer}"
+        h = norm(x, f"{p}.norm1")
+        qkv = linear(h, f"{p}.attn.qkv")
+        q, k, v = qkv.split([nh * hs, nkv * hs, nkv * hs], -1)
+        q = q.view(B, T, nh, hs).transpose(1, 2)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)
+        if cfg.qk_norm:
+            q = q / torch.sqrt((q * q).mean(-1, keepdim=True) + cfg.norm_eps) * sd[f"{p}.attn.q_norm.weight"]
+            k = k / torch.sqrt((k * k).mean(-1, keepdim=True) + cfg.norm_eps) * sd[f"{p}.attn.k_norm.weight"]
+        if cfg.pos == "rope":
+            q, k = rope(q), rope(k)
+        heads = []
+        for head in range(nh):
+            kv = head // (nh // nkv)
+            att = (q[:, head] @ k[:, kv].transpose(-1, -2)) / math.sqrt(hs)
+            att = att.masked_fill(mask, float("-inf")).softmax(-1)
+            heads.append(att @ v[:, kv])
+        y = torch.stack(heads, 1).transpose(1, 2).reshape(B, T, C)
+        x = x + linear(y, f"{p}.attn.proj")
+        h = linear(norm(x, f"{p}.norm2"), f"{p}.mlp.fc")
+        if cfg.mlp == "swiglu":
+            g, u = h.chunk(2, -1)
+            h = g * torch.sigmoid(g) * u
+        elif cfg.mlp == "relu2":
+            h = torch.clamp(h, min=0) ** 2
+        else:
+            h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
+        x = x + linear(h, f"{p}.mlp.proj")
+    x = norm(x, "norm_f")
+    head = sd["wte.weight"] if cfg.tie_embeddings else sd["lm_head.weight"]
+    return x @ head.T
+
+
+GPT2_STYLE = dict(pos="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True)
+LLAMA_STYLE = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False, n_kv_head=1)
+
+
+@pytest.mark.parametrize(
+    "style", [GPT2_STYLE, LLAMA_STYLE, dict(mlp="relu2", qk_norm=True)], ids=["gpt2", "llama", "relu2-qknorm"]
+)
+def test_forward_matches_independent_implementation(style: dict) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=16, block_size=8, vocab_size=11, **style)
+    model = GPT(cfg).double().eval()
+    with torch.no_grad():  # perturb the ones/zeros init so biases and norm weights matter
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    idx = torch.randint(0, 11, (3, 8))
+    logits, _ = model(idx)
+    expected = reference_forward(model, idx)
+    assert torch.allclose(logits, expected, atol=1e-5, rtol=0), (logits - expected).abs().max()
+
+
+def test_loss_is_cross_entropy_of_logits() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=7)
+    model = GPT(cfg)
+    idx, tgt = torch.randint(0, 7, (2, 8)), torch.randint(0, 7, (2, 8))
+    logits, loss = model(idx, tgt)
+    assert loss is not None
+    assert torch.allclose(loss, F.cross_entropy(logits.view(-1, 7), tgt.view(-1)))
+
+
+def test_gpt2_init_scales_residual_projections() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=8, n_head=4, n_embd=256, block_size=8, vocab_size=50)
+    model = GPT(cfg)
+    proj = model.blocks[0].mlp.proj.weight.std().item()
+    fc = model.blocks[0].mlp.fc.weight.std().item()
+    assert fc == pytest.approx(0.02, rel=0.05)
+    assert proj == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+
+
+def test_tied_and_untied_heads() -> None:
+    tied = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=4, vocab_size=10))
+    untied = GPT(
+        ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=4, vocab_size=10, tie_embeddings=False)
+    )
+    assert tied.lm_head.weight is tied.wte.weight
+    assert count_params(untied) - count_params(tied) == 80
+
+
+def test_flops_per_token_counts_matmuls_and_attention() -> None:
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=10, bias=False)
+    model = GPT(cfg)
+    n = matmul_params(model)
+    # qkv 16*48 + proj 16*16 + fc 16*64 + proj 64*16 per layer, and the head 16*10
+    assert n == 2 * (16 * 48 + 16 * 16 + 16 * 64 + 64 * 16) + 160
+    assert flops_per_token(cfg, n) == 6 * n + 12 * 2 * 16 * 32

@@ -1,0 +1,184 @@
+"""The step and the loop: memorisation, accumulation, logging, checkpoints, sample and eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from steplab import checkpoint as ckpt
+from steplab.cli import main
+from steplab.config import RunConfig
+from steplab.errors import SteplabError
+from steplab.model import GPT
+from steplab.optim import build_optimizer, param_groups
+from steplab.track import read_metrics
+from steplab.train import Callback, StopTraining, build, train, train_step
+
+
+def test_tiny_model_memorises_a_2kb_corpus(tmp_path: Path, tiny_cfg: RunConfig) -> None:
+    line = "the quick brown fox jumps over the lazy dog, then sleeps under the old oak tree until the moon rises.\n"
+    p = tmp_path / "two_kb.txt"
+    p.write_text((line * 30)[:2048])
+    cfg = tiny_cfg
+    cfg.data.path = str(p)
+    cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.block_size = 2, 64, 4, 128
+    cfg.optim.lr, cfg.optim.weight_decay = 1e-2, 0.0
+    cfg.schedule.name, cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio = "cosine", 10, 0.0
+    cfg.train.batch_size, cfg.train.max_steps, cfg.train.log_every = 8, 250, 50
+    cfg.eval.every = 0
+    result = train(cfg, tmp_path / "run")
+    last = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r][-1]
+    assert last["step"] == 250 and last["loss"] < 0.05, last
+    assert result.status == "finished" and result.final["val_loss"] < 0.05
+
+
+def test_grad_accumulation_matches_one_big_batch(tiny_cfg: RunConfig) -> None:
+    s = build(tiny_cfg)
+    torch.manual_seed(0)
+    a, b = GPT(s.cfg.model), GPT(s.cfg.model)
+    b.load_state_dict(a.state_dict())
+    oa, ob = build_optimizer(a, s.cfg.optim, s.device), build_optimizer(b, s.cfg.optim, s.device)
+    x1, y1 = s.sampler.batch_at(0)
+    x2, y2 = s.sampler.batch_at(1)
+    ra = train_step(a, oa, [(torch.cat([x1, x2]), torch.cat([y1, y2]))], grad_clip=1.0)
+    rb = train_step(b, ob, [(x1, y1), (x2, y2)], grad_clip=1.0)
+    assert torch.allclose(ra.loss, rb.loss, atol=1e-6)
+    assert torch.allclose(ra.grad_norm, rb.grad_norm, atol=1e-5)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_param_groups_exclude_norms_biases_and_embeddings_from_decay(tiny_cfg: RunConfig) -> None:
+    tiny_cfg.model.vocab_size = 20
+    tiny_cfg.model.tie_embeddings = False
+    tiny_cfg.optim.head_lr_mult = 0.5
+    model = GPT(tiny_cfg.model)
+    groups = {g["name"]: g for g in param_groups(model, tiny_cfg.optim, tiny_cfg.model)}
+    assert groups["vector"]["weight_decay"] == 0.0 and groups["embed"]["weight_decay"] == 0.0
+    assert groups["matrix"]["weight_decay"] == tiny_cfg.optim.weight_decay
+    assert groups["head"]["lr_mult"] == 0.5
+    n_grouped = sum(p.numel() for g in groups.values() for p in g["params"])
+    assert n_grouped == sum(p.numel() for p in model.parameters())
+    tiny_cfg.optim.decay_embeddings = True
+    groups = {g["name"]: g for g in param_groups(model, tiny_cfg.optim, tiny_cfg.model)}
+    assert groups["embed"]["weight_decay"] == tiny_cfg.optim.weight_decay
+
+
+def test_run_directory_records(tmp_path: Path, tiny_cfg: RunConfig) -> None:
+    run = tmp_path / "run"
+    result = train(tiny_cfg, run)
+    records = read_metrics(run / "metrics.jsonl")
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in steps] == [10, 20, 30, 40, 50]
+    for r in steps:
+        assert {
+            "step",
+            "tokens",
+            "train_seconds",
+            "elapsed_seconds",
+            "loss",
+            "lr",
+            "grad_norm",
+            "tokens_per_second",
+        } <= set(r)
+    assert [r["step"] for r in evals] == [25, 50]
+    assert all(r["elapsed_seconds"] >= r["train_seconds"] for r in records)
+    assert steps[-1]["tokens"] == 50 * 8 * 32
+    assert result.final["val_loss"] == evals[-1]["val_loss"]
+    assert (run / "config.toml").exists() and (run / "tokenizer.json").exists()
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["environment"]["torch"] == torch.__version__
+    assert ckpt.list_steps(run / "checkpoints") == [25, 50]  # best (25 or 50) + last
+
+
+def test_budget_in_tokens_and_seconds(tmp_path: Path, tiny_cfg: RunConfig) -> None:
+    tiny_cfg.train.max_steps, tiny_cfg.train.max_tokens = None, 8 * 32 * 7
+    assert train(tiny_cfg, None).state.step == 7
+    tiny_cfg.train.max_tokens, tiny_cfg.train.max_seconds = None, 0.5
+    res = train(tiny_cfg, None)
+    assert res.state.train_seconds >= 0.5 and res.state.step > 1
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path: Path, tiny_cfg: RunConfig) -> None:
+    run = tmp_path / "run"
+    train(tiny_cfg, run)
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(SteplabError, match="already holds a run; pass --resume"):
+        train(tiny_cfg, run)
+    assert (run / "metrics.jsonl").read_text() == before
+
+
+class StopAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_log(self, s, state, record) -> None:  # noqa: ANN001
+        if state.step == self.step:
+            raise StopTraining
+
+
+def test_stop_and_resume_is_exact(tmp_path: Path, tiny_cfg: RunConfig) -> None:
+    tiny_cfg.model.dropout = 0.1  # the RNG state must be restored too
+    full = train(tiny_cfg, tmp_path / "full")
+    stopped = train(tiny_cfg, tmp_path / "part", callbacks=[StopAt(30)])
+    assert stopped.status == "stopped" and stopped.state.step == 30
+    resumed = train(tiny_cfg, tmp_path / "part", resume=True)
+    assert resumed.state.step == 50
+    assert resumed.final["val_loss"] == full.final["val_loss"]
+    a = ckpt.load(ckpt.latest(tmp_path / "full")).weights
+    b = ckpt.load(ckpt.latest(tmp_path / "part")).weights
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def losses(run: Path) -> list:
+        return [(r["step"], r.get("loss"), r.get("val_loss")) for r in read_metrics(run / "metrics.jsonl")]
+
+    assert losses(tmp_path / "part") == losses(tmp_path / "full")
+
+
+def test_train_sample_eval_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = str(tmp_path / "run")
+    assert (
+        main(["train", "--preset", "tiny", "--run-dir", run, "--quiet", "--train.tensorboard", "false"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "finished: 50 steps" in out and "val_loss" in out
+    assert main(["sample", "--run", run, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "1"]) == 0
+    s1 = capsys.readouterr().out
+    assert main(["sample", "--run", run, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == s1 and s1.startswith("ROMEO:") and len(s1) > 40
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                run,
+                "--max-new-tokens",
+                "20",
+                "--temperature",
+                "0.9",
+                "--top-k",
+                "5",
+                "--top-p",
+                "0.9",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["eval", "--run", run, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert res["val_loss"] == pytest.approx(summary["val_loss"], abs=1e-6)
+    assert res["val_bpb"] > 0 and res["val_ppl"] > 1
+
+
+def test_sample_and_eval_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sample", "--run", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", "--run", str(tmp_path / "empty")]) == 2
+    assert "no checkpoint found" in capsys.readouterr().err
