@@ -89,11 +89,11 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def dedup_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Weights with shared tensors stored once (safetensors refuses aliases)."""
     seen: dict[int, str] = {}
     out = {}
-    for name, t in model.state_dict().items():
+    for name, t in state.items():
         if t.data_ptr() in seen and t.numel() > 0:
             continue
         seen[t.data_ptr()] = name
@@ -111,16 +111,25 @@ def save(
     tokenizer: Tokenizer,
     keep_last: int = 2,
     keep: set[int] | None = None,
+    model_state: dict[str, torch.Tensor] | None = None,
+    optim_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically and prune old ones (keeping the newest `keep_last` and `keep`)."""
+    """Write a checkpoint atomically and prune old ones (keeping the newest `keep_last` and `keep`).
+
+    `model_state`/`optim_state` override the model's and optimizer's own state dicts (the
+    full state gathered from FSDP shards).
+    """
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{state.step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
     try:
-        save_file(model_state(model), str(tmp / "model.safetensors"))
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        weights = dedup_state(model_state) if model_state is not None else dedup_state(model.state_dict())
+        save_file(weights, str(tmp / "model.safetensors"))
+        if optim_state is None and optimizer is not None:
+            optim_state = optimizer.state_dict()
+        if optim_state is not None:
+            torch.save(optim_state, tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1))
         (tmp / "config.toml").write_text(dump_toml(cfg))
@@ -256,10 +265,14 @@ def load(path: Path, *, with_optimizer: bool = True) -> Loaded:
     )
 
 
-def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
-    """Load weights strictly, naming the first mismatch (a checkpoint of another model shape)."""
-    own = model.state_dict()
-    tied = set(own) - set(model_state(model))  # aliases of a tensor stored under another name
+def check_weights(model_cfg: Any, weights: dict[str, torch.Tensor], where: Path) -> None:
+    """Refuse a checkpoint of another model shape, naming the first mismatch."""
+    from steplab.model import GPT
+
+    with torch.device("meta"):
+        ref = GPT(model_cfg)
+    own = ref.state_dict()
+    tied = set(own) - set(dedup_state_meta(ref))
     missing = [k for k in own if k not in weights and k not in tied]
     extra = [k for k in weights if k not in own]
     if missing or extra:
@@ -272,4 +285,14 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: Path
                 f"{where}: {k} has shape {tuple(t.shape)} in the checkpoint but {tuple(own[k].shape)} in the model "
                 "(the checkpoint is of a different model shape)"
             )
+
+
+def dedup_state_meta(model: nn.Module) -> list[str]:
+    """Names of a model's parameters and buffers with tied ones once (works on the meta device)."""
+    return [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
+    """Check shapes, then load weights into an unsharded model (tied weights stored once)."""
+    check_weights(model.cfg, weights, where)  # type: ignore[arg-type]
     model.load_state_dict(weights, strict=False)

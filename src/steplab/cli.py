@@ -101,13 +101,32 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 # --- commands -----------------------------------------------------------------------------
 
 
+def _strip_flag(argv: list[str], flag: str) -> list[str]:
+    """argv without `flag VALUE` / `flag=VALUE`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from steplab.train import train
 
     cfg = config_from_args(args)
     if args.print_config:
         print(dump_toml(cfg), end="")
         return 0
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from steplab.dist import launch
+
+        return launch(args.nproc, _strip_flag(args.argv, "--nproc"))
     run_dir = (
         Path(args.run_dir)
         if args.run_dir
@@ -282,6 +301,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --run-dir")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    p.add_argument(
+        "--nproc", type=int, default=1, help="processes on this machine: launches torchrun (DDP/FSDP2)"
+    )
     commands["train"] = cmd_train
 
     p = sub.add_parser("sample", help="generate text from a trained run")
@@ -320,7 +342,9 @@ COMMAND_MODULES: list[str] = []
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, commands = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if not args.command:
         parser.print_help()
         return 2

@@ -157,6 +157,7 @@ class TrainConfig:
         "auto", "autocast dtype (auto: bf16 on CUDA, off on CPU)"
     )
     compile: bool = opt(False, "torch.compile the model")
+    parallel: Literal["ddp", "fsdp"] = opt("ddp", "how torchrun processes share the work: DDP or FSDP2")
     threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)", ge=1)
     log_every: int = opt(50, "log train metrics every N steps", ge=1)
     progress: bool = opt(True, "show a progress bar (plain lines when not a terminal)")

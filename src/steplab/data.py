@@ -230,22 +230,44 @@ def _encode_all(tokenizer: Tokenizer, docs: list[str]) -> np.ndarray:
 
 
 class BatchSampler:
-    """Random windows of `block_size + 1` tokens; batch k is a pure function of (seed, k)."""
+    """Random windows of `block_size + 1` tokens; batch k is a pure function of (seed, k).
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, device: torch.device):
+    Under torchrun every rank draws the same global batch of `batch_size` windows and keeps
+    its own slice, so the data, and the losses, do not depend on the number of processes.
+    """
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if len(tokens) <= block_size + 1:
             raise DataError(
                 f"training split has {len(tokens)} tokens, fewer than one context window "
                 f"({block_size + 1}); use more text or a smaller --model.block-size"
             )
+        if batch_size % world_size:
+            raise DataError(
+                f"--train.batch-size {batch_size} must be divisible by the number of processes ({world_size})"
+            )
         self.data = torch.from_numpy(np.asarray(tokens).astype(np.int64))
         self.block_size, self.batch_size, self.seed, self.device = block_size, batch_size, seed, device
         self.offsets = torch.arange(block_size + 1)
+        per_rank = batch_size // world_size
+        self.rows = slice(rank * per_rank, (rank + 1) * per_rank)
 
     def batch_at(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The index-th micro-batch: inputs and targets, (B, T) each."""
+        """The index-th micro-batch (this rank's slice of it): inputs and targets, (B, T) each."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        starts = torch.randint(len(self.data) - self.block_size - 1, (self.batch_size,), generator=g)
+        starts = torch.randint(len(self.data) - self.block_size - 1, (self.batch_size,), generator=g)[
+            self.rows
+        ]
         window = self.data[starts[:, None] + self.offsets]  # (B, T + 1)
         x, y = window[:, :-1], window[:, 1:]
         if self.device.type == "cuda":

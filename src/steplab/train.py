@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from steplab import checkpoint as ckpt
+from steplab import dist as dist_mod
 from steplab.checkpoint import TrainState
 from steplab.config import RunConfig, dump_toml
 from steplab.data import BatchSampler, TokenData, prepare, val_windows
@@ -78,6 +79,8 @@ def train_step(
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+        grad_norm = grad_norm.full_tensor()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(loss=total / n, grad_norm=grad_norm)
@@ -103,7 +106,12 @@ class Session:
     flops_per_token: float
     peak_flops: float | None
     no_sync: Callable[[], AbstractContextManager] | None = None
-    is_main: bool = True  # rank 0 alone logs, evaluates and saves
+    dist: dist_mod.DistInfo = field(default_factory=dist_mod.DistInfo)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone logs, writes checkpoints and prints."""
+        return self.dist.is_main
 
     def amp(self) -> AbstractContextManager:
         return autocast(self.device, self.amp_dtype)
@@ -122,10 +130,16 @@ class Session:
 
 
 def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device | None = None) -> Session:
-    """Tokenize (or reuse the cache), build model, optimizer, schedule and sampler."""
+    """Tokenize (or reuse the cache), build model, optimizer, schedule and sampler.
+
+    Under torchrun the model is wrapped for DDP or FSDP2 (`steplab.dist`); the optimizer is
+    built after the wrapping so that it sees FSDP's sharded parameters.
+    """
     cfg.validate()
     configure_threads(cfg.train)
     device = device or resolve_device(cfg.train.device)
+    info = dist_mod.init_from_env(device.type)
+    device = dist_mod.local_device(info, device)
     data = data or prepare(cfg.data, cfg.tokenizer)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = data.tokenizer.vocab_size
@@ -135,10 +149,15 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
         )
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model).to(device)
-    optimizer = build_optimizer(model, cfg.optim, device, cfg.model)
+    fpt = flops_per_token(cfg.model, matmul_params(model))
     step_model: nn.Module = model
+    if info.enabled:
+        step_model = (dist_mod.apply_fsdp if cfg.train.parallel == "fsdp" else dist_mod.apply_ddp)(
+            model, device
+        )
+    optimizer = build_optimizer(model, cfg.optim, device, cfg.model)
     if cfg.train.compile:
-        step_model = torch.compile(model)  # type: ignore[assignment]
+        step_model = torch.compile(step_model)  # type: ignore[assignment]
     return Session(
         cfg=cfg,
         device=device,
@@ -147,16 +166,34 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
         step_model=step_model,
         optimizer=optimizer,
         schedule=build_schedule(cfg.schedule),
-        sampler=BatchSampler(data.train, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, device),
+        sampler=BatchSampler(
+            data.train,
+            cfg.model.block_size,
+            cfg.train.batch_size,
+            cfg.train.seed,
+            device,
+            rank=info.rank,
+            world_size=info.world_size,
+        ),
         val=val_windows(data.val, cfg.model.block_size, cfg.eval.max_windows, cfg.train.seed),
         amp_dtype=autocast_dtype(cfg.train, device),
-        flops_per_token=flops_per_token(cfg.model, matmul_params(model)),
+        flops_per_token=fpt,
         peak_flops=peak_flops(device),
+        no_sync=dist_mod.no_sync_for(step_model),
+        dist=info,
     )
 
 
 def evaluate(s: Session) -> dict[str, float]:
-    loss = mean_loss(s.model, *s.val, batch_size=s.cfg.eval.batch_size, device=s.device, amp=s.amp())
+    """Validation metrics; under torchrun each rank takes an equal share of the windows."""
+    x, y = s.val
+    if s.dist.enabled:
+        per_rank = len(x) // s.dist.world_size  # equal shares: FSDP needs the same number of forwards
+        rows = slice(s.dist.rank * per_rank, (s.dist.rank + 1) * per_rank)
+        x, y = x[rows], y[rows]
+    loss = mean_loss(s.model, x, y, batch_size=s.cfg.eval.batch_size, device=s.device, amp=s.amp())
+    if s.dist.enabled:
+        loss = float(dist_mod.all_reduce(torch.tensor(loss, dtype=torch.float64, device=s.device)).item())
     return summarize(loss, s.data.bytes_per_token)
 
 
@@ -246,19 +283,21 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 def restore(s: Session, run_dir: Path) -> TrainState:
-    """Load the newest valid checkpoint of `run_dir` into the session; return its counters."""
+    """Load the newest valid checkpoint of `run_dir` into the session; return its counters.
+
+    Every rank reads the same (unsharded) files, so a run saved by N processes resumes on M.
+    """
     path = ckpt.latest(run_dir)
     loaded = ckpt.load(path)
-    ckpt.load_weights(s.model, loaded.weights, path)
+    ckpt.check_weights(s.cfg.model, loaded.weights, path)
     if loaded.tokenizer.to_json() != s.data.tokenizer.to_json():
         raise SteplabError(f"{path}: the checkpoint's tokenizer does not match this run's corpus/tokenizer")
-    if loaded.optimizer is not None:
-        try:
-            s.optimizer.load_state_dict(loaded.optimizer)
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise SteplabError(
-                f"{path}: optimizer state does not match --optim.name {s.cfg.optim.name} ({e})"
-            ) from None
+    try:
+        dist_mod.load_full_state(s.model, s.optimizer, loaded.weights, loaded.optimizer)
+    except (ValueError, KeyError, RuntimeError, IndexError) as e:
+        raise SteplabError(
+            f"{path}: optimizer state does not match --optim.name {s.cfg.optim.name} ({str(e).splitlines()[0][:160]})"
+        ) from None
     if loaded.rng is not None:
         ckpt.set_rng_state(loaded.rng)
     return loaded.state
@@ -300,13 +339,19 @@ def fit(
     sync = s.device.type == "cuda"
 
     def checkpoint_now() -> None:
-        if run_dir is None or not s.is_main:
+        if run_dir is None:
+            return
+        # Under torchrun every rank takes part in gathering the full state; rank 0 writes it.
+        msd, osd = dist_mod.full_state(s.model, s.optimizer) if s.dist.enabled else (None, None)
+        if not s.is_main:
             return
         keep = {state.best_step} if (cfg.checkpoint.keep_best and state.best_step is not None) else set()
         ckpt.save(
             run_dir,
             model=s.model,
             optimizer=s.optimizer,
+            model_state=msd,
+            optim_state=osd,
             state=state,
             cfg=cfg,
             tokenizer=s.data.tokenizer,
@@ -359,7 +404,8 @@ def fit(
                 state.tokens += per_step
                 done = progress_of(cfg, state) >= 1.0
                 if state.step % t.log_every == 0 or done:
-                    loss, grad_norm = out.loss.item(), out.grad_norm.item()  # host sync: logging steps only
+                    # host sync: logging steps only (and the mean over ranks under torchrun)
+                    loss, grad_norm = dist_mod.all_reduce(out.loss).item(), out.grad_norm.item()
                     state.train_seconds += time.perf_counter() - t0
                     steps, secs = state.step - last_log[0], state.train_seconds - last_log[1]
                     tps = steps * per_step / secs if secs > 0 else 0.0
@@ -400,7 +446,14 @@ def fit(
                         cb.on_log(s, state, record)
                 else:
                     state.train_seconds += time.perf_counter() - t0
-                if cfg.eval.every and state.step % cfg.eval.every == 0 and not done and s.is_main:
+                if s.dist.enabled:  # every rank must agree on time spent and on stopping
+                    agreed = dist_mod.all_reduce(
+                        torch.tensor([state.train_seconds, float(signals.received or 0)], device=s.device),
+                        "max",
+                    ).tolist()
+                    state.train_seconds = agreed[0]
+                    signals.received = signals.received or (int(agreed[1]) or None)
+                if cfg.eval.every and state.step % cfg.eval.every == 0 and not done:
                     res = run_eval()
                     if t.target_loss is not None and res["val_loss"] <= t.target_loss:
                         final, status = res, "target"
@@ -416,7 +469,7 @@ def fit(
                         f"resume with: steplab train --run-dir {run_dir} --resume"
                     )
                     break
-            if status == "finished" and s.is_main:
+            if status == "finished":
                 final = run_eval(final_eval=True)
             if status in ("finished", "target"):
                 checkpoint_now()
@@ -471,12 +524,19 @@ def train(
     progress: bool = True,
 ) -> Result:
     """Build a session from `cfg` and train it; the Python API behind `steplab train`."""
+    info = dist_mod.init_from_env(resolve_device(cfg.train.device).type)
     if run_dir is not None:
         run_dir = Path(run_dir)
-        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        if info.is_main:
+            prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        dist_mod.barrier()
     s = build(cfg)
     state = None
     if resume and run_dir is not None and ckpt.list_steps(ckpt.checkpoint_dir(run_dir)):
         state = restore(s, run_dir)
-        truncate_metrics(run_dir / "metrics.jsonl", state.step)
-    return fit(s, run_dir=run_dir, state=state, callbacks=callbacks, progress=progress)
+        if s.is_main:
+            truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    try:
+        return fit(s, run_dir=run_dir, state=state, callbacks=callbacks, progress=progress)
+    finally:
+        dist_mod.shutdown()
