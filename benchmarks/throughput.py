@@ -1,0 +1,60 @@
+"""Step throughput: steplab at exactly the reference's configuration vs the reference trainer.
+
+Both run back to back in fresh processes, alternating, `--repeats` times; the ratio is the
+median of the per-pair tokens/s ratios (pairs are adjacent in time, so machine noise hits
+both sides alike). Training time excludes evaluation on both sides.
+
+    python benchmarks/throughput.py --steps 400 --repeats 3
+    python benchmarks/throughput.py --variants   # also the levers: threads, bf16 (AMX), compile
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common import median, reference, steplab, table
+
+# steplab flags that reproduce reference_gpt.py: 4 layers, 4 heads, width 128, context 64,
+# batch 12, AdamW 1e-3 betas (0.9, 0.99) wd 0.1, 100 warmup steps, cosine to 1e-4, clip 1.0.
+REFERENCE_CONFIG = ["--preset", "shakespeare_char", "--eval.every", "0", "--train.log-every", "100"]
+
+VARIANTS = {
+    "steplab (reference config)": [],
+    "+ bf16 autocast (AMX)": ["--train.dtype", "bfloat16"],
+    "+ torch.compile": ["--train.compile"],
+}
+
+
+def steplab_tps(steps: int, extra: list[str]) -> float:
+    summary, _ = steplab(*REFERENCE_CONFIG, "--train.max-steps", str(steps), *extra)
+    return summary["tokens"] / summary["train_seconds"]
+
+
+def reference_tps(steps: int) -> float:
+    lines = reference("--max-iters", str(steps), "--eval-every", str(10**9))
+    last = lines[-1]
+    return last["tokens"] / last["seconds"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--variants", action="store_true", help="also measure bf16 and compile")
+    args = ap.parse_args()
+    names = list(VARIANTS) if args.variants else list(VARIANTS)[:1]
+    ref, ours = [], {n: [] for n in names}
+    for _ in range(args.repeats):
+        ref.append(reference_tps(args.steps))
+        for n in names:
+            ours[n].append(steplab_tps(args.steps, VARIANTS[n]))
+    rows = [["reference_gpt.py", f"{median(ref):,.0f}", "1.00"]]
+    for n in names:
+        ratios = [o / r for o, r in zip(ours[n], ref, strict=True)]
+        rows.append([n, f"{median(ours[n]):,.0f}", f"{median(ratios):.2f}"])
+    print(f"steps per run: {args.steps}, repeats: {args.repeats} (median)\n")
+    print(table(["trainer", "tokens/s", "ratio to reference"], rows))
+
+
+if __name__ == "__main__":
+    main()
