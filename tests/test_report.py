@@ -16,7 +16,8 @@ from steplab.cli import main
 from steplab.config import RunConfig
 from steplab.errors import SteplabError
 from steplab.presets import tiny
-from steplab.report import Section, Table, build_report
+from steplab.report import Section, Table, build_report, sample_texts
+from steplab.runs import load_run
 from steplab.train import train
 
 
@@ -115,6 +116,25 @@ def test_report_cli_single_run_and_errors(
     assert '"html"' in capsys.readouterr().out
     page = (tmp_path / "r" / "report.html").read_text()
     assert "<h2>Config</h2>" in page and "<td>optim.lr</td>" in page and "Samples" not in page
+    # The samples are the ones `steplab sample` prints for the same prompt, length and seed.
+    (text,) = sample_texts(load_run(tmp_path / "r"), n=1, tokens=30, seed=3, prompt="ROMEO:", device="cpu")
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(tmp_path / "r"),
+                "--prompt",
+                "ROMEO:",
+                "--max-new-tokens",
+                "30",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out == text + "\n" and text.startswith("ROMEO:") and len(text) > 30
     assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "r.pdf")]) == 2
     assert "must end in .html" in capsys.readouterr().err
     with pytest.raises(SteplabError, match="not a steplab run directory"):

@@ -98,3 +98,24 @@ def test_nan_is_written_as_a_string_and_flatten_nests_keys(tmp_path: Path) -> No
         "optim.x.y": 1,
         "preset": "p",
     }
+
+
+def test_mlflow_tracker_logs_params_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, Any]] = []
+    fake = types.ModuleType("mlflow")
+    fake.start_run = lambda run_name: calls.append(("start", run_name))  # type: ignore[attr-defined]
+    fake.log_params = lambda params: calls.append(("params", params))  # type: ignore[attr-defined]
+    fake.log_metrics = lambda metrics, step: calls.append(("metrics", (step, metrics)))  # type: ignore[attr-defined]
+    fake.end_run = lambda: calls.append(("end", None))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    log = MetricsLog(
+        tmp_path / "r" / "metrics.jsonl", tensorboard=False, tracker="mlflow", config={"optim": {"lr": 0.1}}
+    )
+    log.write({"step": 5, "loss": 2.5, "note": "text", "ok": True})
+    log.close()
+    assert calls == [
+        ("start", "r"),
+        ("params", {"optim.lr": 0.1}),
+        ("metrics", (5, {"loss": 2.5})),  # numbers only: no text, no booleans, no step
+        ("end", None),
+    ]

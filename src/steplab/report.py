@@ -19,6 +19,7 @@ import base64
 import html
 import json
 import re
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -205,9 +206,10 @@ def samples_section(
         except SteplabError as e:  # no checkpoint, a damaged one, a prompt outside the vocabulary
             blocks.append((f"{r.name}: no sample", str(e)))
         view.update(i + 1, r.name)
+    flags = "" if prompt == "\n" else f" --prompt {shlex.quote(prompt)}"
     text = (
-        f"{tokens} tokens from each run's newest checkpoint, temperature 0.8, "
-        f"prompt {prompt!r}; rebuild them with `steplab sample --run RUN --seed {seed}`."
+        f"{tokens} tokens from each run's newest checkpoint, temperature 0.8, prompt {prompt!r}. "
+        f"The same text again: steplab sample --run RUN{flags} --max-new-tokens {tokens} --seed SEED"
     )
     return Section("Samples", text=text, blocks=blocks)
 
@@ -233,7 +235,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px soli
 .meta{color:#666;font-size:.9em}nav a{margin-right:1em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
-th{background:#f4f4f6}tr:nth-child(even) td{background:#fafafa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f4f4f6}td:first-child{white-space:nowrap}tr:nth-child(even) td{background:#fafafa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 pre{background:#f6f8fa;padding:.8em;overflow-x:auto;white-space:pre-wrap;font-size:.85em}
 details summary{cursor:pointer;color:#444;margin:.4em 0}
