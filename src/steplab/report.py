@@ -18,6 +18,7 @@ import argparse
 import base64
 import html
 import json
+import os
 import re
 import shlex
 import time
@@ -309,7 +310,7 @@ def _md_body(s: Section, base: Path, level: int) -> list[str]:
         out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
         out.append("")
     for img in s.images:
-        out.append(f"![{Path(img).stem}]({Path(img).relative_to(base).as_posix()})\n")
+        out.append(f"![{Path(img).stem}]({Path(os.path.relpath(img, base)).as_posix()})\n")
     for caption, text in s.blocks:
         fence = "````" if "```" in text else "```"
         out += [f"{'#' * (level + 1)} {caption}\n", fence, text, fence, ""]
@@ -359,10 +360,10 @@ def build_report(
         raise SteplabError(
             f"--samples must be >= 0 and --sample-tokens >= 1 (got {samples}, {sample_tokens})"
         )
-    loaded = [r for r in runs if isinstance(r, Run)]
-    if loaded and len(loaded) != len(runs):
+    given = [r for r in runs if isinstance(r, Run)]
+    if given and len(given) != len(runs):
         raise SteplabError("pass either run directories or loaded runs, not both")
-    rs = loaded or load_runs([Path(r) for r in runs if not isinstance(r, Run)])
+    rs = given or load_runs([Path(r) for r in runs if not isinstance(r, Run)])
     assets = out.with_name(out.stem + "_files")
     assets.mkdir(parents=True, exist_ok=True)
     title = title or f"steplab report: {', '.join(r.name for r in rs)}"
