@@ -162,6 +162,9 @@ class TrainConfig:
     log_every: int = opt(50, "log train metrics every N steps", ge=1)
     progress: bool = opt(True, "show a progress bar (plain lines when not a terminal)")
     tensorboard: bool = opt(True, "also write TensorBoard events (when the tensorboard extra is installed)")
+    tracker: Literal["none", "wandb", "mlflow"] = opt(
+        "none", "also log metrics to wandb or MLflow (needs that extra; configured by its env vars)"
+    )
 
 
 @dataclass(kw_only=True)

@@ -14,7 +14,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,13 @@ import torch.nn as nn
 from steplab import checkpoint as ckpt
 from steplab import dist as dist_mod
 from steplab.checkpoint import TrainState
-from steplab.config import RunConfig, dump_toml
+from steplab.config import RunConfig, dump_toml, to_dict
 from steplab.data import BatchSampler, TokenData, prepare, val_windows
 from steplab.errors import ConfigError, SteplabError
 from steplab.evaluate import mean_loss, summarize
 from steplab.model import GPT, count_params, flops_per_token, matmul_params
 from steplab.optim import build_optimizer, set_lr
+from steplab.runs import process_identity
 from steplab.runtime import (
     autocast,
     autocast_dtype,
@@ -40,7 +41,7 @@ from steplab.runtime import (
     resolve_device,
 )
 from steplab.schedules import build_schedule
-from steplab.track import MetricsLog, ProgressView, fmt_duration, truncate_metrics
+from steplab.track import MetricsLog, ProgressView, fmt_duration, memory_mb, truncate_metrics
 
 # --- the step -----------------------------------------------------------------------------
 
@@ -315,7 +316,11 @@ def fit(
     cfg, t = s.cfg, s.cfg.train
     state = state or TrainState()
     log = (
-        MetricsLog(run_dir / "metrics.jsonl", tensorboard=t.tensorboard) if (run_dir and s.is_main) else None
+        MetricsLog(
+            run_dir / "metrics.jsonl", tensorboard=t.tensorboard, tracker=t.tracker, config=to_dict(cfg)
+        )
+        if (run_dir and s.is_main)
+        else None
     )
     n_params = count_params(s.model)
     if run_dir and s.is_main:
@@ -423,8 +428,7 @@ def fit(
                     }
                     if s.peak_flops:
                         record["mfu"] = s.flops_per_token * tps / s.peak_flops
-                    if s.device.type == "cuda":
-                        record["peak_mem_mb"] = torch.cuda.max_memory_allocated(s.device) / 2**20
+                    record.update(memory_mb(s.device))
                     if log:
                         log.write(record)
                     view.update(
@@ -476,6 +480,12 @@ def fit(
     except StopTraining:
         status = "stopped"
         checkpoint_now()
+    except BaseException as e:  # record how the run ended, then let the error through
+        if run_dir and s.is_main:
+            crashed = "interrupted" if isinstance(e, KeyboardInterrupt) else "crashed"
+            with suppress(Exception):  # never mask the error itself
+                _write_run_json(run_dir, s, status=crashed, params=n_params)
+        raise
     finally:
         view.close()
         if log:
@@ -510,6 +520,7 @@ def _write_run_json(run_dir: Path, s: Session, *, status: str, params: int) -> N
         updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         flops_per_token=s.flops_per_token,
         data_meta=s.data.meta,
+        **process_identity(),  # lets `steplab runs` tell a live run from a killed one
     )
     path.write_text(json.dumps(info, indent=1, default=str))
 

@@ -1,0 +1,430 @@
+"""Run reports: one self-contained HTML file and its Markdown twin, rebuilt from run directories.
+
+A report holds what a person needs to judge one or several runs in a minute: an overview
+table, the config and where the runs differ, final metrics, the loss curves and a training
+dashboard, a few seeded samples from each model, and the hardware and versions. The HTML
+embeds its images as base64 PNG and loads nothing from the network, so it opens anywhere
+(mail it, attach it to an issue). The Markdown twin links the same PNGs from a
+``NAME_files/`` directory beside it.
+
+`build_report` is the one entry point: `steplab report`, `compare` and `tune` call it with
+their run directories and, for the latter two, extra `Section`s (a results table, a study
+summary) that are rendered the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import os
+import re
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steplab import __version__
+from steplab.errors import SteplabError
+from steplab.runs import COLUMNS, Run, format_cell, load_run, load_runs
+from steplab.track import ProgressView, flatten
+
+# --- the document model: sections rendered to both HTML and Markdown ------------------------
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Section:
+    """One part of a report. Every field is optional except the title; they render in this order."""
+
+    title: str
+    text: str = ""  # plain text paragraphs (blank line between them)
+    table: Table | None = None
+    images: list[Path] = field(default_factory=list)  # PNG files: embedded in HTML, linked from Markdown
+    blocks: list[tuple[str, str]] = field(default_factory=list)  # (caption, preformatted text)
+    collapsed: Section | None = None  # a sub-part folded away in HTML (long tables)
+
+
+@dataclass
+class Report:
+    html: Path
+    markdown: Path
+    sections: list[Section]
+
+
+# --- sections built from runs ---------------------------------------------------------------
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def overview(runs: Sequence[Run]) -> Section:
+    rows = [r.row() for r in runs]
+    table = Table(
+        [title for _, title in COLUMNS], [[format_cell(k, row.get(k)) for k, _ in COLUMNS] for row in rows]
+    )
+    return Section("Runs", table=table)
+
+
+def config_section(runs: Sequence[Run]) -> Section:
+    """One run: its whole config. Several: the settings that differ, the shared ones folded away."""
+    flat = [flatten(r.config) for r in runs]
+    keys = sorted({k for f in flat for k in f})
+    if len(runs) == 1:
+        return Section("Config", table=Table(["setting", "value"], [[k, _fmt(flat[0][k])] for k in keys]))
+    missing = object()
+    differ = [k for k in keys if len({json.dumps(f.get(k, missing), default=str) for f in flat}) > 1]
+    same = [k for k in keys if k not in differ]
+    names = [r.name for r in runs]
+    if differ:
+        text = f"{len(differ)} setting(s) differ between the runs; {len(same)} are shared."
+        table = Table(["setting", *names], [[k, *(_fmt(f.get(k)) for f in flat)] for k in differ])
+    else:
+        text, table = "The runs share every setting.", None
+    shared = Section(
+        "Shared settings", table=Table(["setting", "value"], [[k, _fmt(flat[0][k])] for k in same])
+    )
+    return Section("Config differences", text=text, table=table, collapsed=shared)
+
+
+def metrics_section(runs: Sequence[Run]) -> Section:
+    headers = [
+        "run",
+        "status",
+        "steps",
+        "tokens",
+        "training time",
+        "wall time",
+        "last train loss",
+        "final val loss",
+        "final perplexity",
+        "final bits/byte",
+        "best val loss (step)",
+        "median tokens/s",
+        "peak memory",
+    ]
+    rows = []
+    for r in runs:
+        row = r.row()
+        best = "-" if row["best_val_loss"] is None else f"{row['best_val_loss']:.4f} ({row['best_step']})"
+        rows.append(
+            [
+                r.name,
+                row["status"],
+                _fmt(row["steps"]),
+                format_cell("tokens", row["tokens"]),
+                format_cell("train_seconds", row["train_seconds"]),
+                format_cell("wall_seconds", row["wall_seconds"]),
+                format_cell("train_loss", row["train_loss"]),
+                _final(r, "val_loss", "{:.4f}"),
+                _final(r, "val_ppl", "{:.2f}"),
+                _final(r, "val_bpb", "{:.4f}"),
+                best,
+                format_cell("tokens_per_second", row["tokens_per_second"]),
+                format_cell("peak_mem_mb", row["peak_mem_mb"]),
+            ]
+        )
+    text = (
+        "Losses are mean cross-entropy in nats per token; bits per byte divides by the UTF-8 bytes "
+        "the tokens stand for, so runs with different tokenizers compare. Memory is the CUDA peak "
+        "allocated by tensors on a GPU and the process's resident set on a CPU."
+    )
+    return Section("Final metrics", text=text, table=Table(headers, rows))
+
+
+def _final(run: Run, key: str, spec: str) -> str:
+    evals = run.evals
+    return spec.format(evals[-1][key]) if evals and key in evals[-1] else "-"
+
+
+def plots_section(runs: Sequence[Run], assets: Path) -> Section:
+    from steplab.plots import dashboard, loss_curves
+
+    sources = {r.name: r.records for r in runs}
+    if not any(sources.values()):
+        return Section("Plots", text="No metrics were logged.")
+    loss_png, dash_png = assets / "loss.png", assets / "dashboard.png"
+    loss_curves(sources, loss_png, x="step", title="train (smoothed) and validation loss")
+    dashboard(sources, dash_png)
+    return Section(
+        "Plots",
+        text="Train loss is an exponential moving average (the raw values faint behind it); "
+        "dashed lines with points are evaluations.",
+        images=[loss_png, dash_png],
+    )
+
+
+def sample_texts(
+    run: Run, *, n: int, tokens: int, seed: int, prompt: str, device: str, temperature: float = 0.8
+) -> list[str]:
+    """`n` seeded samples from the run's newest checkpoint (sample i uses seed + i)."""
+    import torch
+
+    from steplab import checkpoint as ckpt
+    from steplab.model import GPT
+    from steplab.runtime import resolve_device
+    from steplab.sample import generate
+
+    path = ckpt.latest(run.path)
+    loaded = ckpt.load(path, with_optimizer=False)
+    model = GPT(loaded.cfg.model)
+    ckpt.load_weights(model, loaded.weights, path)
+    model.to(resolve_device(device)).eval()
+    ids = loaded.tokenizer.encode(prompt) or [0]
+    out = []
+    for i in range(n):
+        new = list(generate(model, torch.tensor(ids), tokens, temperature=temperature, seed=seed + i))
+        text = loaded.tokenizer.decode(new)
+        out.append(text if prompt == "\n" else prompt + text)
+    return out
+
+
+def samples_section(
+    runs: Sequence[Run], *, n: int, tokens: int, seed: int, prompt: str, device: str, view: ProgressView
+) -> Section:
+    blocks = []
+    for i, r in enumerate(runs):
+        try:
+            texts = sample_texts(r, n=n, tokens=tokens, seed=seed, prompt=prompt, device=device)
+            blocks += [(f"{r.name}, sample {j + 1} (seed {seed + j})", t) for j, t in enumerate(texts)]
+        except SteplabError as e:  # no checkpoint, a damaged one, a prompt outside the vocabulary
+            blocks.append((f"{r.name}: no sample", str(e)))
+        view.update(i + 1, r.name)
+    flags = "" if prompt == "\n" else f" --prompt {shlex.quote(prompt)}"
+    text = (
+        f"{tokens} tokens from each run's newest checkpoint, temperature 0.8, prompt {prompt!r}. "
+        f"The same text again: steplab sample --run RUN{flags} --max-new-tokens {tokens} --seed SEED"
+    )
+    return Section("Samples", text=text, blocks=blocks)
+
+
+def environment_section(runs: Sequence[Run]) -> Section:
+    envs = [{**r.info.get("environment", {}), "started": r.info.get("started")} for r in runs]
+    keys = list(dict.fromkeys(k for e in envs for k in e))
+    rows = []
+    for k in keys:
+        values = [_fmt(e.get(k)) for e in envs]
+        mark = " ≠" if len(set(values)) > 1 else ""
+        rows.append([k + mark, *values])
+    text = "Rows marked ≠ differ between the runs." if len(runs) > 1 else ""
+    return Section("Hardware and versions", text=text, table=Table(["", *(r.name for r in runs)], rows))
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1280px;margin:2em auto;
+padding:0 1.2em;color:#1d1d1f}
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.meta{color:#666;font-size:.9em}nav a{margin-right:1em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f4f4f6}td:first-child{white-space:nowrap}tr:nth-child(even) td{background:#fafafa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+pre{background:#f6f8fa;padding:.8em;overflow-x:auto;white-space:pre-wrap;font-size:.85em}
+details summary{cursor:pointer;color:#444;margin:.4em 0}
+"""
+
+# Cells right-aligned as numbers: 1,234  3.5383  1.2e-05  12.8k  428 MiB  0:42  3.3212 (50); not versions.
+_NUM = re.compile(r"^([-+]?\d[\d,]*(\.\d+)?(e[-+]?\d+)?\s?([kMBT]|MiB|%)?( \(\d+\))?|\d+:\d\d(:\d\d)?)$")
+
+
+def _anchor(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def _html_table(t: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
+    body = []
+    for row in t.rows:
+        cells = "".join(
+            f'<td class="num">{html.escape(c)}</td>' if _NUM.match(c) else f"<td>{html.escape(c)}</td>"
+            for c in row
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _html_body(s: Section) -> list[str]:
+    out = [f"<p>{html.escape(p)}</p>" for p in s.text.split("\n\n") if p.strip()]
+    if s.table is not None:
+        out.append(_html_table(s.table))
+    for img in s.images:
+        data = base64.b64encode(Path(img).read_bytes()).decode("ascii")
+        out.append(f'<img alt="{html.escape(Path(img).stem)}" src="data:image/png;base64,{data}">')
+    for caption, text in s.blocks:
+        out.append(f"<h3>{html.escape(caption)}</h3><pre>{html.escape(text)}</pre>")
+    if s.collapsed is not None:
+        out.append(f"<details><summary>{html.escape(s.collapsed.title)}</summary>")
+        out += _html_body(s.collapsed)
+        out.append("</details>")
+    return out
+
+
+def render_html(title: str, sections: Sequence[Section], meta: str) -> str:
+    nav = " ".join(f'<a href="#{_anchor(s.title)}">{html.escape(s.title)}</a>' for s in sections)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="meta">{html.escape(meta)}</p>',
+        f"<nav>{nav}</nav>",
+    ]
+    for s in sections:
+        parts.append(f'<section id="{_anchor(s.title)}"><h2>{html.escape(s.title)}</h2>')
+        parts += _html_body(s)
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _md_cell(c: str) -> str:
+    return c.replace("|", "\\|").replace("\n", "<br>")
+
+
+def _md_body(s: Section, base: Path, level: int) -> list[str]:
+    out = [p.strip() + "\n" for p in s.text.split("\n\n") if p.strip()]
+    if s.table is not None:
+        t = s.table
+        out.append("| " + " | ".join(_md_cell(h) for h in t.headers) + " |")
+        out.append("|" + "---|" * len(t.headers))
+        out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
+        out.append("")
+    for img in s.images:
+        out.append(f"![{Path(img).stem}]({Path(os.path.relpath(img, base)).as_posix()})\n")
+    for caption, text in s.blocks:
+        fence = "````" if "```" in text else "```"
+        out += [f"{'#' * (level + 1)} {caption}\n", fence, text, fence, ""]
+    if s.collapsed is not None:
+        out.append(f"{'#' * (level + 1)} {s.collapsed.title}\n")
+        out += _md_body(s.collapsed, base, level + 1)
+    return out
+
+
+def render_markdown(title: str, sections: Sequence[Section], meta: str, base: Path) -> str:
+    """The Markdown twin; image links are relative to `base` (the report's directory)."""
+    out = [f"# {title}\n", f"_{meta}_\n"]
+    for s in sections:
+        out.append(f"## {s.title}\n")
+        out += _md_body(s, base, 2)
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --- the entry point ------------------------------------------------------------------------
+
+
+def build_report(
+    runs: Sequence[str | Path | Run],
+    out: str | Path,
+    *,
+    title: str | None = None,
+    sections: Sequence[Section] = (),
+    samples: int = 2,
+    sample_tokens: int = 200,
+    prompt: str = "\n",
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> Report:
+    """Write ``out`` (HTML), its ``.md`` twin and ``<stem>_files/*.png``; return their paths.
+
+    `runs` are run directories (or `Run`s already loaded, e.g. with custom names).
+    `sections` (a compare's results table, a study's summary) come right after the overview.
+    `samples` = 0 skips sampling (no checkpoint is read).
+    """
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise SteplabError(f"{out}: the report path must end in .html (the Markdown twin gets .md)")
+    if not runs:
+        raise SteplabError("a report needs at least one run")
+    if samples < 0 or sample_tokens < 1:
+        raise SteplabError(
+            f"--samples must be >= 0 and --sample-tokens >= 1 (got {samples}, {sample_tokens})"
+        )
+    given = [r for r in runs if isinstance(r, Run)]
+    if given and len(given) != len(runs):
+        raise SteplabError("pass either run directories or loaded runs, not both")
+    rs = given or load_runs([Path(r) for r in runs if not isinstance(r, Run)])
+    assets = out.with_name(out.stem + "_files")
+    assets.mkdir(parents=True, exist_ok=True)
+    title = title or f"steplab report: {', '.join(r.name for r in rs)}"
+    meta = f"generated {time.strftime('%Y-%m-%d %H:%M:%S %z')} by steplab {__version__} from " + ", ".join(
+        str(r.path) for r in rs
+    )
+    parts = [overview(rs), *sections, config_section(rs), metrics_section(rs), plots_section(rs, assets)]
+    if samples:
+        view = ProgressView(len(rs), "runs", enabled=progress, label="samples")
+        try:
+            parts.append(
+                samples_section(
+                    rs, n=samples, tokens=sample_tokens, seed=seed, prompt=prompt, device=device, view=view
+                )
+            )
+        finally:
+            view.close()
+    parts.append(environment_section(rs))
+    out.write_text(render_html(title, parts, meta), encoding="utf-8")
+    md = out.with_suffix(".md")
+    md.write_text(render_markdown(title, parts, meta, out.parent), encoding="utf-8")
+    return Report(html=out, markdown=md, sections=parts)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    if args.out:
+        out = Path(args.out)
+    elif len(args.runs) == 1:
+        out = load_run(args.runs[0]).path / "report.html"
+    else:
+        out = Path("report.html")
+    rep = build_report(
+        args.runs,
+        out,
+        title=args.title,
+        samples=args.samples,
+        sample_tokens=args.sample_tokens,
+        prompt=args.prompt,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps({"html": str(rep.html), "markdown": str(rep.markdown)}))
+    elif not args.quiet:
+        print(f"wrote {rep.html} and {rep.markdown}")
+    return 0
+
+
+def register_cli(sub: Any, commands: dict[str, Any]) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML report (and a Markdown twin) of runs")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument(
+        "--out", default=None, help="report path, .html (default: RUN/report.html for one run, ./report.html)"
+    )
+    p.add_argument("--title", default=None, help="report title")
+    p.add_argument("--samples", type=int, default=2, help="samples per run (0: none)")
+    p.add_argument("--sample-tokens", type=int, default=200, help="tokens per sample")
+    p.add_argument("--prompt", default="\n", help="text the samples continue (default: a newline)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first sample (the next ones add 1)")
+    p.add_argument("--device", default="cpu", help="device for sampling (cpu, cuda, auto)")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    commands["report"] = cmd_report

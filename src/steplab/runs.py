@@ -1,0 +1,294 @@
+"""Run directories read back: what each run was, how far it got, whether it is still alive.
+
+A run directory describes itself (``run.json``, ``summary.json``, ``config.toml``,
+``metrics.jsonl``); `load_run` reads those files and nothing else, so `steplab runs`,
+`steplab plot` and `steplab report` work on a copied or archived directory without the
+code or the corpus that produced it.
+
+A run killed without a chance to clean up (SIGKILL, out of memory, a lost node) still says
+``running`` in its ``run.json``. The training process records its pid, host and start time
+there; a ``running`` run whose process is gone is shown as ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from steplab.errors import SteplabError
+from steplab.track import fmt_duration, read_metrics
+
+MARKERS = ("run.json", "metrics.jsonl")  # a directory holding either is a run
+SKIP_DIRS = {"checkpoints", "tb", "__pycache__"}
+
+
+# --- is the process alive? -----------------------------------------------------------------
+
+
+def _proc_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name in (...) may hold spaces
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_identity() -> dict[str, Any]:
+    """pid, host and start time of this process: written into run.json by the training loop."""
+    pid = os.getpid()
+    return {"pid": pid, "host": socket.gethostname(), "pid_start": _proc_start(pid)}
+
+
+def process_alive(info: dict[str, Any]) -> bool | None:
+    """Whether the process recorded in `info` still runs: None when this machine cannot tell."""
+    pid, host = info.get("pid"), info.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)  # signal 0: an existence check, nothing is sent
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    start = info.get("pid_start")
+    now = _proc_start(pid)
+    reused = start is not None and now is not None and now != start  # a later process got the pid
+    return not reused
+
+
+# --- a run read back -----------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One run directory's files, parsed. Missing files are empty, never an error."""
+
+    path: Path
+    name: str
+    info: dict[str, Any] = field(default_factory=dict)  # run.json
+    summary: dict[str, Any] = field(default_factory=dict)  # summary.json
+    config: dict[str, Any] = field(default_factory=dict)  # config.toml, as plain TOML
+    records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl
+
+    @property
+    def status(self) -> str:
+        status = self.info.get("status") or self.summary.get("status") or "unknown"
+        if status == "running" and process_alive(self.info) is False:
+            return "interrupted"
+        return str(status)
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if _num(r.get("loss")) is not None]
+
+    @property
+    def evals(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if _num(r.get("val_loss")) is not None]
+
+    def best_eval(self) -> dict[str, Any] | None:
+        evals = self.evals
+        return min(evals, key=lambda r: r["val_loss"]) if evals else None
+
+    def last(self, key: str) -> Any:
+        """The newest value of `key` in the metrics (or in summary.json when no record has it)."""
+        for r in reversed(self.records):
+            if key in r:
+                return r[key]
+        return self.summary.get(key)
+
+    def row(self) -> dict[str, Any]:
+        """The facts `steplab runs` shows (raw numbers; the table formats them)."""
+        best = self.best_eval()
+        tps = [v for r in self.steps if (v := _num(r.get("tokens_per_second"))) is not None and v > 0]
+        mem = [v for r in self.steps for k in ("peak_mem_mb", "rss_mb") if (v := _num(r.get(k))) is not None]
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "preset": self.info.get("preset") or self.config.get("preset"),
+            "optimizer": self.info.get("optimizer") or self.config.get("optim", {}).get("name"),
+            "params": self.info.get("params"),
+            "steps": self.last("step"),
+            "tokens": self.last("tokens"),
+            "train_loss": _num(self.steps[-1]["loss"]) if self.steps else None,
+            "best_val_loss": best["val_loss"] if best else None,
+            "best_step": best["step"] if best else None,
+            "val_bpb": best.get("val_bpb") if best else None,
+            "tokens_per_second": sorted(tps)[len(tps) // 2] if tps else None,  # the median
+            "peak_mem_mb": max(mem) if mem else None,
+            "train_seconds": self.last("train_seconds"),
+            "wall_seconds": self.last("elapsed_seconds") or self.last("train_seconds"),
+            "status": self.status,
+            "started": self.info.get("started"),
+        }
+
+
+def _num(v: Any) -> float | None:
+    """A finite number, or None ("nan" strings, missing values)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_run(path: Path) -> bool:
+    return any((Path(path) / m).is_file() for m in MARKERS)
+
+
+def load_run(path: str | Path, name: str | None = None) -> Run:
+    """Read a run directory; a path that holds no run is a `SteplabError`."""
+    p = Path(path)
+    if not p.is_dir():
+        raise SteplabError(f"{p}: no such run directory")
+    if not is_run(p):
+        raise SteplabError(f"{p}: not a steplab run directory (no run.json or metrics.jsonl)")
+    try:
+        config = tomllib.loads((p / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        config = {}
+    return Run(
+        path=p,
+        name=name or p.name,
+        info=_read_json(p / "run.json"),
+        summary=_read_json(p / "summary.json"),
+        config=config,
+        records=read_metrics(p / "metrics.jsonl"),
+    )
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Every run directory at or below `root` (a run's own subdirectories are not searched)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SteplabError(f"{root}: no such directory")
+    if is_run(root):
+        return [root]
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        here = Path(dirpath)
+        if here != root and is_run(here):
+            found.append(here)
+            dirnames.clear()
+            continue
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+    return sorted(found)
+
+
+def labels_for(paths: Sequence[Path]) -> list[str]:
+    """Short, distinct names for runs: the directory name, with parents added where names clash."""
+    parts = [Path(p).resolve().parts for p in paths]
+    depth = 1
+    while True:
+        labels = ["/".join(ps[-depth:]) for ps in parts]
+        if len(set(labels)) == len(labels) or depth >= max(len(ps) for ps in parts):
+            return labels
+        depth += 1
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """Several runs, each named by `labels_for`."""
+    ps = [Path(p) for p in paths]
+    return [load_run(p, name) for p, name in zip(ps, labels_for(ps), strict=True)]
+
+
+# --- the table -----------------------------------------------------------------------------
+
+
+def human(n: float | None, digits: int = 3) -> str:
+    """1234567 -> '1.23M' (counts of parameters and tokens)."""
+    if n is None:
+        return "-"
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.{digits}g}{suffix}"
+    return f"{n:g}"
+
+
+COLUMNS: list[tuple[str, str]] = [
+    ("name", "name"),
+    ("preset", "preset"),
+    ("optimizer", "optimizer"),
+    ("params", "params"),
+    ("steps", "steps"),
+    ("tokens", "tokens"),
+    ("best_val_loss", "best val loss"),
+    ("val_bpb", "bits/byte"),
+    ("wall_seconds", "wall time"),
+    ("status", "status"),
+]
+
+
+def format_cell(key: str, v: Any) -> str:
+    if v is None:
+        return "-"
+    if key in ("params", "tokens"):
+        return human(v)
+    if key in ("best_val_loss", "val_bpb", "train_loss"):
+        return f"{v:.4f}"
+    if key in ("wall_seconds", "train_seconds"):
+        return fmt_duration(v)
+    if key == "tokens_per_second":
+        return f"{v:,.0f}"
+    if key == "peak_mem_mb":
+        return f"{v:,.0f} MiB"
+    return str(v)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]] = COLUMNS) -> str:
+    """A plain aligned text table (numbers right-aligned), readable in a log or a pipe."""
+    cells = [[title for _, title in columns]] + [[format_cell(k, r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    numeric = [k not in ("name", "preset", "optimizer", "status") for k, _ in columns]
+    lines = []
+    for row in cells:
+        parts = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric, strict=True)]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+SORT_KEYS = {
+    "name": lambda r: r["name"],
+    "started": lambda r: r["started"] or "",
+    "loss": lambda r: r["best_val_loss"] if r["best_val_loss"] is not None else math.inf,
+}
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    paths = find_runs(root)
+    rows = []
+    for p in paths:
+        rel = p.relative_to(root) if p != root else Path(p.name)
+        rows.append(load_run(p, name=str(rel)).row())
+    rows.sort(key=SORT_KEYS[args.sort])
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print(f"no runs under {root}")
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def register_cli(sub: Any, commands: dict[str, Any]) -> None:
+    p = sub.add_parser("runs", help="a table of the runs under a directory")
+    p.add_argument("dir", nargs="?", default="runs", help="directory to search (default: runs)")
+    p.add_argument("--sort", choices=sorted(SORT_KEYS), default="name", help="row order (default: name)")
+    p.add_argument("--json", action="store_true", help="print JSON (one object per run, raw numbers)")
+    commands["runs"] = cmd_runs
