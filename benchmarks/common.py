@@ -30,8 +30,18 @@ def steplab(*args: str, timeout: float = 1800) -> tuple[dict[str, Any], list[dic
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        cmd = [sys.executable, "-m", "steplab", "train", "--quiet", "--train.tensorboard", "false",
-               "--run-dir", str(run), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "steplab",
+            "train",
+            "--quiet",
+            "--train.tensorboard",
+            "false",
+            "--run-dir",
+            str(run),
+            *args,
+        ]
         subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True, env=env)
         summary = json.loads((run / "summary.json").read_text())
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -182,3 +182,12 @@ def test_sample_and_eval_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     (tmp_path / "empty").mkdir()
     assert main(["eval", "--run", str(tmp_path / "empty")]) == 2
     assert "no checkpoint found" in capsys.readouterr().err
+
+
+def test_eval_window_fixes_the_measure(tiny_cfg: RunConfig) -> None:
+    tiny_cfg.eval.window = 16
+    s = build(tiny_cfg)
+    assert s.val[0].shape[1] == 16
+    tiny_cfg.eval.window = 64
+    with pytest.raises(SteplabError, match="--eval.window"):
+        build(tiny_cfg)

@@ -225,9 +225,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"the corpus tokenizes differently from the checkpoint's tokenizer ({loaded.path}); "
             "evaluate on the run's own --data"
         )
-    x, y = val_windows(
-        data.val, cfg.model.block_size, args.max_windows or cfg.eval.max_windows, cfg.train.seed
-    )
+    window = cfg.eval.window or cfg.model.block_size
+    x, y = val_windows(data.val, window, args.max_windows or cfg.eval.max_windows, cfg.train.seed)
     device = next(model.parameters()).device
     loss = mean_loss(
         model,

@@ -176,6 +176,9 @@ class EvalConfig:
         None, "evaluate a fixed seeded subset of this many windows (default: the whole split)", ge=1
     )
     batch_size: int = opt(256, "windows per evaluation batch", ge=1)
+    window: int | None = opt(
+        None, "tokens per validation window (default: the context length); fix it to compare runs", ge=1
+    )
 
 
 @dataclass(kw_only=True)
@@ -224,6 +227,10 @@ class RunConfig:
                 check_value(f, getattr(section, f.name), flag(name, f.name))
             if hasattr(section, "check"):
                 section.check()
+        if self.eval.window is not None and self.eval.window > self.model.block_size:
+            raise ConfigError(
+                f"--eval.window ({self.eval.window}) must be <= --model.block-size ({self.model.block_size})"
+            )
         t = self.train
         if t.max_steps is None and t.max_tokens is None and t.max_seconds is None:
             raise ConfigError("no budget: set --train.max-steps, --train.max-tokens or --train.max-seconds")

@@ -176,7 +176,9 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
             rank=info.rank,
             world_size=info.world_size,
         ),
-        val=val_windows(data.val, cfg.model.block_size, cfg.eval.max_windows, cfg.train.seed),
+        val=val_windows(
+            data.val, cfg.eval.window or cfg.model.block_size, cfg.eval.max_windows, cfg.train.seed
+        ),
         amp_dtype=autocast_dtype(cfg.train, device),
         flops_per_token=fpt,
         peak_flops=peak_flops(device),
