@@ -158,3 +158,20 @@ def test_transformers_loads_the_export(
         ]
         assert main([*args, "--max-new-tokens", str(n_new)]) == 0
         assert capsys.readouterr().out == "First Citizen:" + hf_tok.decode(theirs_ids) + "\n"
+
+
+def test_an_unfaithful_export_never_lands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("transformers")
+    from steplab import export
+
+    def tanh_gelu(cfg: ModelConfig, family: str) -> object:
+        c = real(cfg, family)
+        c.activation_function = "gelu_new"  # GPT-2's tanh approximation: close, not equal
+        return c
+
+    real = export.hf_config
+    monkeypatch.setattr(export, "hf_config", tanh_gelu)
+    tok = train_tokenizer(CORPUS, TokenizerConfig(kind="byte"))
+    with pytest.raises(ExportError, match="logits differ from steplab's"):
+        export.export_hf(tiny_model(256), tok, tmp_path / "hf", tolerance=1e-4)
+    assert list(tmp_path.iterdir()) == []

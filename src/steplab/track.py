@@ -87,7 +87,15 @@ def fmt_duration(seconds: float) -> str:
 class ProgressView:
     """A live bar on a terminal, one line per log step elsewhere, nothing when quiet."""
 
-    def __init__(self, total: float, unit: str, *, enabled: bool = True, stream: TextIO | None = None):
+    def __init__(
+        self,
+        total: float,
+        unit: str,
+        *,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        label: str = "train",
+    ):
         self.total, self.unit, self.enabled = total, unit, enabled
         self.stream = stream or sys.stderr
         self.live = enabled and self.stream.isatty()
@@ -97,7 +105,7 @@ class ProgressView:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self.bar = Progress(
-                TextColumn("[bold]train"),
+                TextColumn(f"[bold]{label}"),
                 BarColumn(),
                 TextColumn("{task.percentage:>5.1f}%"),
                 TextColumn("{task.fields[info]}"),
@@ -107,7 +115,7 @@ class ProgressView:
                 console=Console(file=self.stream),
                 transient=False,
             )
-            self.task = self.bar.add_task("train", total=total, info="")
+            self.task = self.bar.add_task(label, total=total, info="")
             self.bar.start()
 
     def update(self, done: float, info: str) -> None:

@@ -126,7 +126,7 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
     cfg.validate()
     configure_threads(cfg.train)
     device = device or resolve_device(cfg.train.device)
-    data = data or prepare(cfg.data, cfg.tokenizer)
+    data = data or prepare(cfg.data, cfg.tokenizer, progress=cfg.train.progress)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = data.tokenizer.vocab_size
     elif cfg.model.vocab_size < data.tokenizer.vocab_size:
