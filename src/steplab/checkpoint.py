@@ -89,6 +89,11 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A model's weights on the CPU, tied tensors once: what model.safetensors holds."""
+    return dedup_state(model.state_dict())
+
+
 def dedup_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Weights with shared tensors stored once (safetensors refuses aliases)."""
     seen: dict[int, str] = {}

@@ -336,7 +336,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
 # Modules that add their own commands (compare, tune, report, ...): each has
 # `register_cli(subparsers, commands)`. Imported only when the CLI runs.
-COMMAND_MODULES: list[str] = ["steplab.runs", "steplab.plots", "steplab.report"]
+COMMAND_MODULES: list[str] = ["steplab.runs", "steplab.plots", "steplab.report", "steplab.export"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -87,9 +87,14 @@ class DataConfig:
     """Where the text comes from and how it is split."""
 
     path: str | None = opt(
-        None, "text file, directory of text files, or JSONL (default: bundled Tiny Shakespeare)"
+        None,
+        "text, .jsonl, .csv or .parquet file, a directory of them, or a dataset saved with "
+        "save_to_disk (default: bundled Tiny Shakespeare)",
     )
-    text_column: str = opt("text", "field of JSONL records that holds the text")
+    text_column: str = opt(
+        "text", "the field (JSONL) or column (CSV, parquet, saved dataset) holding the text"
+    )
+    workers: int = opt(0, "tokenizer worker processes (0: one per CPU for corpora of 64 MB or more)", ge=0)
     errors: Literal["strict", "replace"] = opt("strict", "what to do with bytes that are not UTF-8")
     val_fraction: float = opt(
         0.1, "fraction of tokens (the end of the corpus) held out for validation", gt=0, lt=1

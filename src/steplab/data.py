@@ -1,11 +1,13 @@
 """Corpus → tokens on disk → batches.
 
-A corpus is a text file, a directory of text files, or JSONL with a text field. It is
-tokenized once into a memory-mapped array (uint16 when the vocabulary fits) next to a small
-``meta.json`` (tokenizer, counts, source hash); later runs reuse it while the source and the
-tokenizer settings are unchanged. The last `val_fraction` of the tokens is the validation
-split. Batches come from `batch_at(step)`: a pure function of (seed, step), so the sampler's
-position is just the step and a resumed run draws exactly the batches it would have drawn.
+A corpus is a text file, JSONL, CSV or parquet, a directory of them, or a Hugging Face
+dataset saved with ``save_to_disk`` (reading is `steplab.corpus`). It is tokenized once,
+streaming and in worker processes (`steplab.encode`), into a memory-mapped array (uint16
+when the vocabulary fits) next to a small ``meta.json`` (tokenizer, counts, source hash);
+later runs reuse it while the source and the tokenizer settings are unchanged. The last
+`val_fraction` of the tokens is the validation split. Batches come from `batch_at(step)`: a
+pure function of (seed, step), so the sampler's position is just the step and a resumed
+run draws exactly the batches it would have drawn.
 """
 
 from __future__ import annotations
@@ -13,115 +15,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from steplab import encode
 from steplab.config import DataConfig, TokenizerConfig
+from steplab.corpus import (  # noqa: F401 - the readers' names, importable from here as before
+    TEXT_SUFFIXES,
+    bundled_corpus,
+    read_documents,
+    source_files,
+    source_hash,
+)
 from steplab.errors import DataError
-from steplab.tokenizer import Tokenizer, from_json, train_tokenizer
+from steplab.tokenizer import Tokenizer, from_json
 
-TEXT_SUFFIXES = {
-    ".txt",
-    ".md",
-    ".rst",
-    ".text",
-    ".py",
-    ".c",
-    ".h",
-    ".js",
-    ".ts",
-    ".rs",
-    ".go",
-    ".java",
-    ".tex",
-}
-CACHE_VERSION = 1
-
-
-def bundled_corpus() -> Path:
-    """Tiny Shakespeare, shipped inside the package (public domain)."""
-    return Path(str(resources.files("steplab") / "data" / "tinyshakespeare.txt"))
-
-
-def source_files(cfg: DataConfig) -> list[Path]:
-    path = Path(cfg.path) if cfg.path else bundled_corpus()
-    if cfg.path and "://" not in cfg.path and not path.exists() and cfg.path.count("/") == 1:
-        raise DataError(
-            f"--data: {cfg.path} does not exist; steplab never downloads from a hub — "
-            "save the dataset locally and pass its path"
-        )
-    if not path.exists():
-        raise DataError(f"--data: {path} does not exist (pass a text file, a directory or a .jsonl file)")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        files = [p for p in files if p.suffix.lower() in TEXT_SUFFIXES | {".jsonl"}]
-        if not files:
-            raise DataError(
-                f"--data: directory {path} holds no text files ({', '.join(sorted(TEXT_SUFFIXES))}, .jsonl)"
-            )
-        return files
-    return [path]
-
-
-def read_documents(cfg: DataConfig) -> Iterator[str]:
-    """Yield the corpus's documents as strings, with errors that name the file and line."""
-    for path in source_files(cfg):
-        if path.suffix.lower() == ".jsonl":
-            yield from _read_jsonl(path, cfg)
-            continue
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8", errors=cfg.errors)
-        except UnicodeDecodeError as e:
-            raise DataError(
-                f"{path}: not UTF-8 at byte {e.start} (re-encode the file, or pass --data.errors replace)"
-            ) from None
-        yield text
-
-
-def _read_jsonl(path: Path, cfg: DataConfig) -> Iterator[str]:
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8", errors=cfg.errors)
-            except UnicodeDecodeError:
-                raise DataError(
-                    f"{path}:{lineno}: not UTF-8 (re-encode the file, or pass --data.errors replace)"
-                ) from None
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: broken JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(record, dict) or cfg.text_column not in record:
-                raise DataError(
-                    f"{path}:{lineno}: no {cfg.text_column!r} field "
-                    "(choose the field with --data.text-column)"
-                )
-            value = record[cfg.text_column]
-            if not isinstance(value, str):
-                raise DataError(f"{path}:{lineno}: field {cfg.text_column!r} is not a string")
-            yield value
-
-
-def source_hash(cfg: DataConfig) -> str:
-    """sha256 over the files' names, sizes and contents: the cache key of the corpus."""
-    h = hashlib.sha256()
-    for p in source_files(cfg):
-        h.update(p.name.encode())
-        h.update(str(p.stat().st_size).encode())
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+CACHE_VERSION = 2  # 2: streamed; the tokenizer trains on the documents with their newlines
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -165,7 +80,7 @@ def prepare(data_cfg: DataConfig, tok_cfg: TokenizerConfig, *, progress: bool = 
     cache = cache_root(data_cfg) / "tokens" / key
     meta_path = cache / "meta.json"
     if not meta_path.exists():
-        _build_cache(data_cfg, tok_cfg, cache, settings)
+        _build_cache(data_cfg, tok_cfg, cache, settings, progress=progress)
     meta = json.loads(meta_path.read_text())
     tokens = np.memmap(cache / "tokens.bin", dtype=np.dtype(meta["dtype"]), mode="r", shape=(meta["tokens"],))
     tokenizer = from_json(json.loads((cache / "tokenizer.json").read_text()))
@@ -174,56 +89,45 @@ def prepare(data_cfg: DataConfig, tok_cfg: TokenizerConfig, *, progress: bool = 
 
 
 def _build_cache(
-    data_cfg: DataConfig, tok_cfg: TokenizerConfig, cache: Path, settings: dict[str, Any]
+    data_cfg: DataConfig, tok_cfg: TokenizerConfig, cache: Path, settings: dict[str, Any], *, progress: bool
 ) -> None:
-    docs = list(read_documents(data_cfg))
-    if data_cfg.redact:
-        from steplab.redact import redact
-
-        docs = [redact(d)[0] for d in docs]
-    text = "\n".join(docs)
-    if not text.strip():
-        where = data_cfg.path or "the bundled corpus"
-        raise DataError(f"--data: {where} is empty (no text to train on)")
-    tokenizer = train_tokenizer(docs + ["\n"] if len(docs) > 1 else docs, tok_cfg)  # "\n" joins documents
-    ids = _encode_all(tokenizer, docs)
-    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    n_val = max(1, int(round(len(ids) * data_cfg.val_fraction)))
-    if len(ids) - n_val < 2 or n_val < 2:
-        raise DataError(
-            f"--data: corpus has only {len(ids)} tokens; it needs more text to train and validate"
-        )
-    val_text = tokenizer.decode(ids[-n_val:].tolist())
-    meta = {
-        **settings,
-        "dtype": np.dtype(dtype).name,
-        "tokens": int(len(ids)),
-        "val_tokens": int(n_val),
-        "val_bytes": len(val_text.encode("utf-8")),
-        "vocab_size": tokenizer.vocab_size,
-        "documents": len(docs),
-        "characters": len(text),
-    }
+    """Train the tokenizer on one pass, encode on a second, split: never the whole corpus in memory."""
+    stats = encode.Stats()
+    tokenizer = encode.train(data_cfg, tok_cfg, stats)
     # Written to a temporary directory and renamed: a crash never leaves a half-written cache.
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".tmp-"))
-    ids.astype(dtype).tofile(tmp / "tokens.bin")
-    (tmp / "tokenizer.json").write_text(json.dumps(tokenizer.to_json()))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    try:
+        stats = encode.Stats()
+        n = encode.encode_to_file(data_cfg, tokenizer, tmp / "tokens.bin", stats, progress=progress)
+        if not stats.nonblank:
+            where = data_cfg.path or "the bundled corpus"
+            raise DataError(f"--data: {where} is empty (no text to train on)")
+        n_val = max(1, int(round(n * data_cfg.val_fraction)))
+        if n - n_val < 2 or n_val < 2:
+            raise DataError(f"--data: corpus has only {n} tokens; it needs more text to train and validate")
+        dtype = encode.token_dtype(tokenizer)
+        tokens = np.memmap(tmp / "tokens.bin", dtype=dtype, mode="r", shape=(n,))
+        meta = {
+            **settings,
+            "dtype": dtype.name,
+            "tokens": int(n),
+            "val_tokens": int(n_val),
+            "val_bytes": encode.count_bytes(tokens[-n_val:], tokenizer),
+            "vocab_size": tokenizer.vocab_size,
+            "documents": stats.documents,
+            "characters": stats.characters,
+        }
+        del tokens
+        (tmp / "tokenizer.json").write_text(json.dumps(tokenizer.to_json()))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.replace(tmp, cache)
     except OSError:  # another process built the same cache first
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _encode_all(tokenizer: Tokenizer, docs: list[str]) -> np.ndarray:
-    """Encode documents joined by newlines (the same text the tokenizer was trained on)."""
-    parts = []
-    for i, d in enumerate(docs):
-        parts.append(np.asarray(tokenizer.encode(d + ("\n" if i < len(docs) - 1 else "")), dtype=np.int64))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 # --- batches ------------------------------------------------------------------------------

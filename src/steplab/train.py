@@ -141,7 +141,7 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
     device = device or resolve_device(cfg.train.device)
     info = dist_mod.init_from_env(device.type)
     device = dist_mod.local_device(info, device)
-    data = data or prepare(cfg.data, cfg.tokenizer)
+    data = data or prepare(cfg.data, cfg.tokenizer, progress=cfg.train.progress and info.is_main)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = data.tokenizer.vocab_size
     elif cfg.model.vocab_size < data.tokenizer.vocab_size:

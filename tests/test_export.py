@@ -1,0 +1,177 @@
+"""Export: transformers reloads what steplab wrote with the same logits, tokens and greedy text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from steplab import checkpoint as ckpt
+from steplab.cli import main
+from steplab.config import ModelConfig, RunConfig, TokenizerConfig
+from steplab.export import ExportError, export_safetensors, hf_family, load_safetensors
+from steplab.model import GPT
+from steplab.sample import generate
+from steplab.tokenizer import Tokenizer, train_tokenizer
+
+CORPUS = ["First Citizen:\nBefore we proceed any further, hear me speak.\n", "naïve café — 東京 🎉\n"] * 30
+LLAMA = {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
+
+
+def tiny_model(vocab_size: int, **kw: object) -> GPT:
+    """A random model whose weights are far from their init (norm gains, biases and all)."""
+    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=48, vocab_size=vocab_size, **kw)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+def save_run(run: Path, model: GPT, tok: Tokenizer) -> None:
+    cfg = RunConfig()
+    cfg.model = model.cfg
+    cfg.tokenizer = TokenizerConfig(kind=tok.kind, vocab_size=max(257, tok.vocab_size))  # type: ignore[arg-type]
+    ckpt.save(run, model=model, optimizer=None, state=ckpt.TrainState(step=7), cfg=cfg, tokenizer=tok)
+
+
+@pytest.mark.parametrize(
+    ("kw", "family"),
+    [
+        (LLAMA, "llama"),
+        ({**LLAMA, "n_kv_head": 1, "tie_embeddings": False, "bias": True}, "llama"),
+        ({}, "gpt2"),
+        ({"bias": False, "tie_embeddings": False}, "gpt2"),
+        ({"parametrization": "mup", "tie_embeddings": False}, "gpt2"),
+    ],
+)
+def test_families(kw: dict, family: str) -> None:
+    assert hf_family(ModelConfig(**kw)) == family
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (
+            {"pos": "rope", "norm": "rmsnorm", "mlp": "relu2"},
+            r"LlamaForCausalLM, --model.mlp relu2 \(needs swiglu\)",
+        ),
+        ({"pos": "rope"}, r"GPT2LMHeadModel, --model.pos rope \(needs learned\)"),
+        ({**LLAMA, "norm": "layernorm"}, r"--model.norm layernorm \(needs rmsnorm\)"),
+        ({**LLAMA, "qk_norm": True}, "--model.qk-norm"),
+        ({"n_kv_head": 2}, "--model.n-kv-head 2"),
+        ({"parametrization": "mup", "n_embd": 256}, "--model.tie-embeddings true"),
+    ],
+)
+def test_settings_without_an_equivalent_are_named(kw: dict, message: str) -> None:
+    with pytest.raises(ExportError, match=message):
+        hf_family(ModelConfig(**kw))
+
+
+def test_safetensors_export_round_trips(tmp_path: Path) -> None:
+    tok = train_tokenizer(CORPUS, TokenizerConfig(kind="char"))
+    model = tiny_model(tok.vocab_size, **LLAMA)
+    export_safetensors(model, tok, tmp_path / "st")
+    again, tok2 = load_safetensors(tmp_path / "st")
+    x = torch.randint(tok.vocab_size, (2, 16))
+    assert torch.equal(model(x)[0], again(x)[0])
+    assert tok2.to_json() == tok.to_json()
+    with pytest.raises(ExportError, match="not a steplab safetensors export"):
+        load_safetensors(tmp_path)
+
+
+def test_cli_export_safetensors_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tok = train_tokenizer(CORPUS, TokenizerConfig(kind="byte"))
+    save_run(tmp_path / "run", tiny_model(256, pos="rope", norm="rmsnorm", mlp="relu2"), tok)
+    out = tmp_path / "out"
+    assert main(["export", "--run", str(tmp_path / "run"), "--format", "safetensors", "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json"}
+    capsys.readouterr()
+    assert main(["export", "--run", str(tmp_path / "run"), "--format", "safetensors", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 2
+    assert "--model.mlp relu2 (needs swiglu)" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+
+
+# --- transformers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "kw", "cls"),
+    [
+        ("bpe", {**LLAMA, "tie_embeddings": False, "n_kv_head": 2, "rope_theta": 500.0}, "LlamaForCausalLM"),
+        ("byte", {**LLAMA, "bias": True, "norm_eps": 1e-6}, "LlamaForCausalLM"),
+        ("char", {}, "GPT2LMHeadModel"),
+        (
+            "byte",
+            {"bias": False, "tie_embeddings": False, "parametrization": "mup", "mup_base_width": 16},
+            "GPT2LMHeadModel",
+        ),
+    ],
+    ids=["llama-bpe-gqa-untied", "llama-byte-bias-tied", "gpt2-char", "gpt2-byte-nobias-mup-untied"],
+)
+def test_transformers_loads_the_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, kw: dict, cls: str
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    tok = train_tokenizer(CORPUS, TokenizerConfig(kind=kind, vocab_size=300))  # type: ignore[arg-type]
+    model = tiny_model(tok.vocab_size, **kw)
+    run, out = tmp_path / "run", tmp_path / "hf"
+    save_run(run, model, tok)
+    assert main(["export", "--run", str(run), "--format", "hf", "--out", str(out)]) == 0
+    assert cls in capsys.readouterr().out
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert type(hf).__name__ == cls
+    x = torch.randint(tok.vocab_size, (3, model.cfg.block_size), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = model(x)[0], hf(input_ids=x).logits
+    assert ours.std() > 0.1  # a model with something to get wrong
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+    text = CORPUS[0] + CORPUS[1]
+    ids = tok.encode(text)
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids
+    assert hf_tok.decode(ids) == tok.decode(ids) == text
+
+    # Greedy decoding agrees token for token (prompt + new tokens within the context).
+    prompt = tok.encode("First Citizen:")
+    n_new = model.cfg.block_size - len(prompt)
+    ours_ids = list(generate(model, torch.tensor(prompt), n_new, temperature=0))
+    theirs_ids = hf.generate(torch.tensor([prompt]), max_new_tokens=n_new, do_sample=False)[0, len(prompt) :]
+    assert theirs_ids.tolist() == ours_ids
+    if kind == "char":  # every token is whole text: `steplab sample` prints what transformers decodes
+        args = [
+            "sample",
+            "--run",
+            str(run),
+            "--prompt",
+            "First Citizen:",
+            "--temperature",
+            "0",
+            "--device",
+            "cpu",
+        ]
+        assert main([*args, "--max-new-tokens", str(n_new)]) == 0
+        assert capsys.readouterr().out == "First Citizen:" + hf_tok.decode(theirs_ids) + "\n"
+
+
+def test_an_unfaithful_export_never_lands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("transformers")
+    from steplab import export
+
+    def tanh_gelu(cfg: ModelConfig, family: str) -> object:
+        c = real(cfg, family)
+        c.activation_function = "gelu_new"  # GPT-2's tanh approximation: close, not equal
+        return c
+
+    real = export.hf_config
+    monkeypatch.setattr(export, "hf_config", tanh_gelu)
+    tok = train_tokenizer(CORPUS, TokenizerConfig(kind="byte"))
+    with pytest.raises(ExportError, match="logits differ from steplab's"):
+        export.export_hf(tiny_model(256), tok, tmp_path / "hf", tolerance=1e-4)
+    assert list(tmp_path.iterdir()) == []
