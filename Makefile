@@ -5,9 +5,18 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 
-.PHONY: install run test lint clean
+HFSTAMP := $(VENV)/.installed-hf
+
+.PHONY: install install-hf run test lint clean
 
 install: $(STAMP)
+
+# The test suite also runs the Hugging Face export and dataset tests (the `hf` extra).
+install-hf: $(HFSTAMP)
+
+$(HFSTAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,hf]"
+	touch $(HFSTAMP)
 
 # Re-install only when the package metadata changes (or the venv is missing).
 $(STAMP): pyproject.toml
@@ -22,7 +31,7 @@ run: install
 	$(BIN)/steplab eval --run runs/default
 	$(BIN)/steplab sample --run runs/default --prompt "ROMEO:" --max-new-tokens 300
 
-test: install
+test: install install-hf
 	$(BIN)/python -m pytest -q
 
 lint: install
