@@ -177,10 +177,15 @@ def _build_cache(
     data_cfg: DataConfig, tok_cfg: TokenizerConfig, cache: Path, settings: dict[str, Any]
 ) -> None:
     docs = list(read_documents(data_cfg))
+    redactions: dict[str, int] | None = None
     if data_cfg.redact:
         from steplab.redact import redact
 
-        docs = [redact(d)[0] for d in docs]
+        redactions = {}
+        for i, d in enumerate(docs):
+            docs[i], counts = redact(d)
+            for kind, n in counts.items():
+                redactions[kind] = redactions.get(kind, 0) + n
     text = "\n".join(docs)
     if not text.strip():
         where = data_cfg.path or "the bundled corpus"
@@ -203,6 +208,7 @@ def _build_cache(
         "vocab_size": tokenizer.vocab_size,
         "documents": len(docs),
         "characters": len(text),
+        "redactions": redactions,
     }
     # Written to a temporary directory and renamed: a crash never leaves a half-written cache.
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -28,6 +29,7 @@ from steplab.config import RunConfig, dump_toml
 from steplab.data import BatchSampler, TokenData, prepare, val_windows
 from steplab.errors import ConfigError, SteplabError
 from steplab.evaluate import mean_loss, summarize
+from steplab.guard import Guard, snapshot, update_ratio
 from steplab.model import GPT, count_params, flops_per_token, matmul_params
 from steplab.optim import build_optimizer, set_lr
 from steplab.runtime import (
@@ -39,7 +41,14 @@ from steplab.runtime import (
     resolve_device,
 )
 from steplab.schedules import build_schedule
-from steplab.track import MetricsLog, ProgressView, fmt_duration, truncate_metrics
+from steplab.track import (
+    MetricsLog,
+    ProgressView,
+    count_records,
+    fmt_duration,
+    truncate_metrics,
+    truncate_records,
+)
 
 # --- the step -----------------------------------------------------------------------------
 
@@ -48,6 +57,7 @@ from steplab.track import MetricsLog, ProgressView, fmt_duration, truncate_metri
 class StepResult:
     loss: torch.Tensor  # mean loss over the micro-batches, on the device
     grad_norm: torch.Tensor  # global gradient norm before clipping, on the device
+    applied: bool = True  # False when `check` refused the update
 
 
 def train_step(
@@ -58,11 +68,14 @@ def train_step(
     grad_clip: float,
     amp: AbstractContextManager | None = None,
     no_sync: Callable[[], AbstractContextManager] | None = None,
+    check: Callable[[torch.Tensor, torch.Tensor], bool] | None = None,
 ) -> StepResult:
     """One optimizer step over `len(batches)` micro-batches (gradient accumulation).
 
     `no_sync` (DDP) skips the gradient all-reduce on every micro-batch but the last.
-    No host synchronisation happens here: the returned tensors stay on the device.
+    `check(loss, grad_norm)` runs before the update and may refuse it (the divergence guard).
+    No host synchronisation happens here (unless `check` makes one): the returned tensors
+    stay on the device.
     """
     n = len(batches)
     total = torch.zeros((), device=batches[0][0].device)
@@ -78,6 +91,9 @@ def train_step(
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    if check is not None and not check(total / n, grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss=total / n, grad_norm=grad_norm, applied=False)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(loss=total / n, grad_norm=grad_norm)
@@ -224,8 +240,8 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an earlier run unless told to resume it or start over."""
+def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an earlier run unless told to resume it or start over (touches nothing)."""
     run_dir = Path(run_dir)
     has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
     if has_run and not resume and not overwrite:
@@ -233,6 +249,14 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
             f"run directory {run_dir} already holds a run; pass --resume to continue it, "
             "--overwrite to replace it, or choose another --run-dir"
         )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SteplabError(f"--run-dir {run_dir} is a file, not a directory")
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """`check_run_dir`, then clear the old run when overwriting and create the directory."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     if overwrite and not resume and run_dir.exists():
         import shutil
 
@@ -247,21 +271,13 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
 
 def restore(s: Session, run_dir: Path) -> TrainState:
     """Load the newest valid checkpoint of `run_dir` into the session; return its counters."""
-    path = ckpt.latest(run_dir)
-    loaded = ckpt.load(path)
-    ckpt.load_weights(s.model, loaded.weights, path)
-    if loaded.tokenizer.to_json() != s.data.tokenizer.to_json():
-        raise SteplabError(f"{path}: the checkpoint's tokenizer does not match this run's corpus/tokenizer")
-    if loaded.optimizer is not None:
-        try:
-            s.optimizer.load_state_dict(loaded.optimizer)
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise SteplabError(
-                f"{path}: optimizer state does not match --optim.name {s.cfg.optim.name} ({e})"
-            ) from None
-    if loaded.rng is not None:
-        ckpt.set_rng_state(loaded.rng)
-    return loaded.state
+    return ckpt.restore(
+        ckpt.latest(run_dir),
+        model=s.model,
+        optimizer=s.optimizer,
+        tokenizer=s.data.tokenizer,
+        optim_name=s.cfg.optim.name,
+    )
 
 
 def fit(
@@ -275,6 +291,7 @@ def fit(
     """Train until the budget is spent (or a target, a signal or a callback stops the run)."""
     cfg, t = s.cfg, s.cfg.train
     state = state or TrainState()
+    guard = Guard(cfg.guard, state, can_rollback=run_dir is not None) if cfg.guard.policy != "off" else None
     log = (
         MetricsLog(run_dir / "metrics.jsonl", tensorboard=t.tensorboard) if (run_dir and s.is_main) else None
     )
@@ -298,11 +315,23 @@ def fit(
     last_log = (state.step, state.train_seconds)
     final: dict[str, float] = {}
     sync = s.device.type == "cuda"
+    already_done = state.step > 0 and progress_of(cfg, state) >= 1.0  # resumed a finished run
+    saved_at: int | None = None  # the step last checkpointed (a signal right after `every` saves once)
+    data_seconds = 0.0
+
+    def say(text: str) -> None:
+        """A message that must be seen even without a progress view (signals, the guard)."""
+        if view.enabled:
+            view.line(text)
+        elif s.is_main:
+            sys.stderr.write(text + "\n")
 
     def checkpoint_now() -> None:
-        if run_dir is None or not s.is_main:
+        nonlocal saved_at
+        if run_dir is None or not s.is_main or saved_at == state.step:
             return
         keep = {state.best_step} if (cfg.checkpoint.keep_best and state.best_step is not None) else set()
+        state.metrics_lines = count_records(run_dir / "metrics.jsonl")
         ckpt.save(
             run_dir,
             model=s.model,
@@ -313,8 +342,11 @@ def fit(
             keep_last=cfg.checkpoint.keep_last,
             keep=keep,
         )
+        saved_at = state.step
+        if guard is not None:
+            guard.note_checkpoint()
 
-    def run_eval(final_eval: bool = False) -> dict[str, float]:
+    def run_eval(final_eval: bool = False, record_it: bool = True) -> dict[str, float]:
         if sync:
             torch.cuda.synchronize()
         result = evaluate(s)
@@ -328,7 +360,7 @@ def fit(
         improved = state.best_val_loss is None or result["val_loss"] < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_step = result["val_loss"], state.step
-        if log:
+        if log and record_it:
             log.write(record)
         view.line(
             f"eval step {state.step}: val_loss {result['val_loss']:.4f}  ppl {result['val_ppl']:.2f}  "
@@ -342,23 +374,52 @@ def fit(
 
     try:
         with _Signals() as signals:
+            if guard is not None and cfg.guard.policy == "rollback" and run_dir and s.is_main:
+                if not ckpt.list_steps(ckpt.checkpoint_dir(run_dir)):
+                    checkpoint_now()  # something to roll back to before the first periodic checkpoint
             while progress_of(cfg, state) < 1.0:
                 t0 = time.perf_counter()
                 mult = s.schedule(state.step, progress_of(cfg, state))
-                lr = s.peak_lr * mult
+                lr = s.peak_lr * mult * state.guard.get("lr_scale", 1.0)
                 set_lr(s.optimizer, lr)
+                batches = s.micro_batches(state.step + state.guard.get("data_offset", 0))
+                data_seconds += time.perf_counter() - t0
+                probe = snapshot(s.model) if (state.step + 1) % t.log_every == 0 else None
                 out = train_step(
                     s.step_model,
                     s.optimizer,
-                    s.micro_batches(state.step),
+                    batches,
                     grad_clip=cfg.optim.grad_clip,
                     amp=s.amp(),
                     no_sync=s.no_sync,
+                    check=guard.check if guard is not None else None,
                 )
+                if guard is not None and not out.applied:
+                    event = guard.decide(state.step + 1)
+                    if event["action"] == "rollback" and run_dir is not None:
+                        guard.rollback(
+                            run_dir,
+                            model=s.model,
+                            optimizer=s.optimizer,
+                            tokenizer=s.data.tokenizer,
+                            optim_name=cfg.optim.name,
+                            event=event,
+                        )
+                        saved_at = None
+                    if log:
+                        log.write(event)
+                    say(guard.message(event))
+                    if event["action"] in ("stop", "give_up"):
+                        status = "diverged"
+                        break
+                    if event["action"] == "rollback":
+                        state.train_seconds += time.perf_counter() - t0
+                        last_log = (state.step, state.train_seconds)
+                        continue
                 state.step += 1
                 state.tokens += per_step
                 done = progress_of(cfg, state) >= 1.0
-                if state.step % t.log_every == 0 or done:
+                if (state.step % t.log_every == 0 or done) and out.applied:
                     loss, grad_norm = out.loss.item(), out.grad_norm.item()  # host sync: logging steps only
                     state.train_seconds += time.perf_counter() - t0
                     steps, secs = state.step - last_log[0], state.train_seconds - last_log[1]
@@ -374,7 +435,11 @@ def fit(
                         "grad_norm": grad_norm,
                         "tokens_per_second": round(tps, 1),
                         "step_seconds": secs / max(steps, 1),
+                        "data_fraction": round(min(1.0, data_seconds / secs), 4) if secs > 0 else 0.0,
                     }
+                    data_seconds = 0.0
+                    if probe is not None:
+                        record["update_ratio"] = update_ratio(s.model, probe).item()
                     if s.peak_flops:
                         record["mfu"] = s.flops_per_token * tps / s.peak_flops
                     if s.device.type == "cuda":
@@ -390,7 +455,7 @@ def fit(
                             f"step {state.step}: loss {loss:.4f}  lr {lr:.2e}  grad {grad_norm:.3f}  "
                             f"{tps:,.0f} tok/s  train {fmt_duration(state.train_seconds)}"
                         )
-                    if not math.isfinite(loss):
+                    if not math.isfinite(loss) and guard is None:
                         status = "diverged"
                         view.line(
                             f"loss is {loss} at step {state.step}: the run diverged (try a lower --optim.lr)"
@@ -411,14 +476,16 @@ def fit(
                     status = "interrupted"
                     name = signal.Signals(signals.received).name
                     checkpoint_now()
-                    view.line(
+                    say(
                         f"{name} received: checkpoint saved at step {state.step}; "
                         f"resume with: steplab train --run-dir {run_dir} --resume"
+                        if run_dir
+                        else f"{name} received: stopped at step {state.step} (no run directory: nothing saved)"
                     )
                     break
             if status == "finished" and s.is_main:
-                final = run_eval(final_eval=True)
-            if status in ("finished", "target"):
+                final = run_eval(final_eval=True, record_it=not already_done)
+            if status in ("finished", "target") and not already_done:
                 checkpoint_now()
     except StopTraining:
         status = "stopped"
@@ -473,10 +540,19 @@ def train(
     """Build a session from `cfg` and train it; the Python API behind `steplab train`."""
     if run_dir is not None:
         run_dir = Path(run_dir)
-        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    s = build(cfg)
+        check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    s = build(cfg)  # a bad corpus or config fails here, before the run directory is touched
     state = None
+    if resume and run_dir is not None:
+        ckpt.remove_partial(run_dir)
     if resume and run_dir is not None and ckpt.list_steps(ckpt.checkpoint_dir(run_dir)):
         state = restore(s, run_dir)
-        truncate_metrics(run_dir / "metrics.jsonl", state.step)
+        if state.metrics_lines is not None:  # back to exactly what was logged when it was saved
+            truncate_records(run_dir / "metrics.jsonl", state.metrics_lines)
+        else:
+            truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    elif resume and run_dir is not None:  # killed before its first checkpoint: start over
+        truncate_records(run_dir / "metrics.jsonl", 0)
+    if run_dir is not None:
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     return fit(s, run_dir=run_dir, state=state, callbacks=callbacks, progress=progress)
