@@ -22,7 +22,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     data = prepare(cfg.data, cfg.tokenizer)
     m = data.meta
     print(
-        f"{cfg.data.path or 'bundled Tiny Shakespeare'}: {m['documents']} documents, {m['characters']:,} characters "
+        f"{cfg.data.path or 'bundled Tiny Shakespeare'}: {m['documents']} document{'s' * (m['documents'] != 1)}, "
+        f"{m['characters']:,} characters "
         f"-> {m['tokens']:,} tokens ({len(data.train):,} train, {len(data.val):,} validation), "
         f"{cfg.tokenizer.kind} vocabulary {m['vocab_size']}"
     )
