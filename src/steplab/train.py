@@ -27,7 +27,7 @@ from steplab import checkpoint as ckpt
 from steplab.checkpoint import TrainState
 from steplab.config import RunConfig, dump_toml
 from steplab.data import BatchSampler, TokenData, prepare, val_windows
-from steplab.errors import ConfigError, SteplabError
+from steplab.errors import ConfigError, DataError, SteplabError
 from steplab.evaluate import mean_loss, summarize
 from steplab.guard import Guard, snapshot, update_ratio
 from steplab.model import GPT, count_params, flops_per_token, matmul_params
@@ -149,6 +149,10 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
         raise ConfigError(
             f"--model.vocab-size {cfg.model.vocab_size} is smaller than the tokenizer's {data.tokenizer.vocab_size}"
         )
+    try:
+        sampler = BatchSampler(data.train, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, device)
+    except DataError as e:  # name the corpus: the sampler only sees its tokens
+        raise DataError(f"--data {cfg.data.path or 'bundled corpus'}: {e}") from None
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model).to(device)
     optimizer = build_optimizer(model, cfg.optim, device, cfg.model)
@@ -163,7 +167,7 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
         step_model=step_model,
         optimizer=optimizer,
         schedule=build_schedule(cfg.schedule),
-        sampler=BatchSampler(data.train, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, device),
+        sampler=sampler,
         val=val_windows(data.val, cfg.model.block_size, cfg.eval.max_windows, cfg.train.seed),
         amp_dtype=autocast_dtype(cfg.train, device),
         flops_per_token=flops_per_token(cfg.model, matmul_params(model)),
