@@ -182,3 +182,13 @@ def test_guard_state_round_trips_through_a_checkpoint(tmp_path: Path, tiny_cfg: 
     assert saved.guard == result.state.guard and saved.guard["accepted"] == 50
     g = Guard(tiny_cfg.guard, TrainState(guard=dict(saved.guard)), can_rollback=False)
     assert g.st["mean"] == pytest.approx(result.state.guard["mean"])
+
+
+def test_with_the_guard_off_a_nan_stops_at_the_next_log_step(
+    tiny_cfg: RunConfig, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny_cfg.guard.policy = "off"  # no per-step check: the loop only looks at the loss on log steps
+    lr_fault(monkeypatch, range(31, 32), math.inf)
+    result = train(tiny_cfg, None)
+    assert result.status == "diverged" and result.state.step == 40
+    assert "loss is nan at step 40: the run diverged" in capsys.readouterr().err

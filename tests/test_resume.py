@@ -27,6 +27,8 @@ from steplab.cli import main
 from steplab.data import BatchSampler
 from steplab.track import read_metrics
 
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+
 POISON_INDEX = 35  # batch index whose targets are garbage: the divergence guard skips it
 ARGS = [
     "train",
@@ -136,6 +138,20 @@ def run_forked(argv: list[str], fault: Callable[[], None] | None, log: Path) -> 
     return status
 
 
+def assert_killed_where_intended(run: Path, kind: str) -> None:
+    """The evidence each kill point leaves on disk (so the test cannot pass by killing elsewhere)."""
+    partial = list((run / "checkpoints").glob(".tmp-*"))
+    if kind in ("checkpoint-file", "checkpoint-rename"):
+        assert len(partial) == 1, kind
+        assert (partial[0] / "manifest.json").exists() == (kind == "checkpoint-rename")
+    else:
+        assert not partial, kind
+    if kind == "checkpoint-published":
+        ckpt.verify(ckpt.checkpoint_dir(run) / f"{ckpt.PREFIX}{ckpt.list_steps(run / 'checkpoints')[-1]:08d}")
+    last = (run / "metrics.jsonl").read_text().split("\n")[-1]
+    assert (last != "") == (kind == "metrics-line"), kind  # only that kill leaves a torn line
+
+
 def comparable(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run / "metrics.jsonl")]
 
@@ -170,15 +186,24 @@ def test_sigkill_at_random_points_resumes_bitwise(tmp_path: Path, reference: Pat
     argv = [*ARGS, "--run-dir", str(run)]
     points = []
     for i, kind in enumerate(kinds):
-        # counts are per process, and a resumed process has only the steps after its checkpoint left
+        # Counts are per process, and a resumed process has only the steps after its checkpoint
+        # left: draw each point before the final checkpoint is complete, so the next process
+        # still has something to kill.
         done = (ckpt.list_steps(run / "checkpoints") or [0])[-1]
-        left = 50 - done
-        most = {"step": left, "metrics-line": left // 5 + 1}.get(kind, max(1, left // 6))
+        periodic = len([k for k in range(done + 1, 50) if k % 6 == 0])  # saves before the final one
+        most = {
+            "step": 49 - done,
+            "checkpoint-published": periodic,
+            "metrics-line": len([k for k in range(done + 1, 50) if k % 5 == 0]),
+        }.get(kind, 1 + periodic)
+        if most < 1:  # too late in the run for this kind: a write cut short is always possible
+            kind, most = "checkpoint-file", 1
         points.append((kind, rng.randint(1, most)))
         status = run_forked(argv + (["--resume"] if i else []), kill_point(*points[-1]), tmp_path / f"log{i}")
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
             f"seed {seed}: {points[-1]} did not kill: {(tmp_path / f'log{i}').read_text()}"
         )
+        assert_killed_where_intended(run, kind)
     status = run_forked([*argv, "--resume"], None, tmp_path / "final")
     log = (tmp_path / "final").read_text()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, log

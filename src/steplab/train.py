@@ -461,9 +461,7 @@ def fit(
                         )
                     if not math.isfinite(loss) and guard is None:
                         status = "diverged"
-                        view.line(
-                            f"loss is {loss} at step {state.step}: the run diverged (try a lower --optim.lr)"
-                        )
+                        say(f"loss is {loss} at step {state.step}: the run diverged (try a lower --optim.lr)")
                         break
                     for cb in callbacks:
                         cb.on_log(s, state, record)
