@@ -12,14 +12,20 @@ A checkpoint is a directory ``checkpoints/step_00001234/`` holding
 It is written into a temporary directory, fsynced, then renamed into place, so a crash
 (or a full disk) leaves the previous checkpoint intact. Loading checks the manifest and
 reads tensors with ``torch.load(weights_only=True)``: nothing is unpickled beyond plain
-tensors and containers.
+tensors and containers, and a file the manifest does not list is refused.
+
+`restore` puts a checkpoint back into a live model and optimizer: the resume path and the
+divergence guard's rollback share it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import pickle
+import random
 import shutil
 import tempfile
 import warnings
@@ -27,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
@@ -48,6 +55,10 @@ class TrainState:
     best_val_loss: float | None = None
     best_step: int | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    metrics_lines: int | None = (
+        None  # records in metrics.jsonl when this was saved (resume cuts back to them)
+    )
+    guard: dict[str, Any] = field(default_factory=dict)  # the divergence guard's statistics and offsets
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -74,10 +85,17 @@ def _fsync_dir(path: Path) -> None:
 
 
 def rng_state() -> dict[str, torch.Tensor]:
+    """Every RNG a step may draw from (torch, CUDA, Python, NumPy), as plain tensors."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             state[f"cuda{i}"] = s
+    version, words, gauss = random.getstate()
+    state["python"] = torch.tensor([version, *words], dtype=torch.int64)
+    state["python_gauss"] = torch.tensor([gauss is not None, gauss or 0.0], dtype=torch.float64)
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state["numpy"] = torch.tensor([pos, has_gauss, *np.asarray(keys).tolist()], dtype=torch.int64)
+    state["numpy_gauss"] = torch.tensor([cached], dtype=torch.float64)
     return state
 
 
@@ -87,6 +105,14 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
         cuda = [state[k] for k in sorted(state) if k.startswith("cuda")]
         if cuda:
             torch.cuda.set_rng_state_all(cuda)
+    if "python" in state:
+        words = state["python"].tolist()
+        has, gauss = state["python_gauss"].tolist()
+        random.setstate((int(words[0]), tuple(int(w) for w in words[1:]), gauss if has else None))
+    if "numpy" in state:
+        pos, has_gauss, *keys = state["numpy"].tolist()
+        cached = float(state["numpy_gauss"][0])
+        np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -123,11 +149,16 @@ def save(
 
     `model_state`/`optim_state` override the model's and optimizer's own state dicts (the
     full state gathered from FSDP shards).
+    A failed write (a full disk, a quota) removes its temporary directory and raises a
+    `CheckpointError` that names the checkpoint still intact; nothing older is touched.
     """
     root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{state.step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    except OSError as e:
+        raise _write_error(e, root, final) from None
     try:
         weights = dedup_state(model_state) if model_state is not None else dedup_state(model.state_dict())
         save_file(weights, str(tmp / "model.safetensors"))
@@ -147,10 +178,13 @@ def save(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         with open(tmp / "manifest.json", "rb") as fh:
             os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # the same step saved again (after a rollback): move the old one aside first
+            os.replace(final, Path(tempfile.mkdtemp(dir=root, prefix=".old-")) / final.name)
         os.replace(tmp, final)
         _fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(e, root, final) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -158,13 +192,34 @@ def save(
     return final
 
 
+def _write_error(e: OSError, root: Path, final: Path) -> CheckpointError:
+    steps = [s for s in list_steps(root) if root / f"{PREFIX}{s:08d}" != final]
+    intact = (
+        f"the previous checkpoint {root / f'{PREFIX}{steps[-1]:08d}'} is intact"
+        if steps
+        else "no earlier checkpoint exists"
+    )
+    what = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    return CheckpointError(
+        f"cannot write checkpoint {final.name} in {root}: {what}; {intact} "
+        "(free space, then resume with --resume)"
+    )
+
+
 def prune(root: Path, keep_last: int, keep: set[int]) -> None:
     steps = sorted(list_steps(root))
     for s in steps[:-keep_last] if keep_last else steps:
         if s not in keep:
             shutil.rmtree(root / f"{PREFIX}{s:08d}", ignore_errors=True)
-    for tmp in root.glob(".tmp-*"):  # leftovers of a crash mid-write
-        shutil.rmtree(tmp, ignore_errors=True)
+    remove_partial(root.parent)  # leftovers of a crash mid-write
+
+
+def remove_partial(run_dir: Path) -> None:
+    """Delete what a process killed mid-write left behind (never a published checkpoint)."""
+    root = checkpoint_dir(run_dir)
+    if root.is_dir():
+        for tmp in [*root.glob(".tmp-*"), *root.glob(".old-*")]:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def list_steps(root: Path) -> list[int]:
@@ -188,6 +243,8 @@ def verify(path: Path) -> None:
     except (json.JSONDecodeError, KeyError, TypeError):
         raise CheckpointError(f"{path}: manifest.json is damaged") from None
     for name, digest in files.items():
+        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+            raise CheckpointError(f"{path}: manifest.json names a file outside the checkpoint ({name!r})")
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{path}: {name} is missing")
@@ -261,7 +318,12 @@ def load(path: Path, *, with_optimizer: bool = True) -> Loaded:
         )
     except CheckpointError:
         raise
-    except Exception as e:  # an unpickling refusal, a truncated file, a bad JSON
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refusing to unpickle a file that holds more than plain tensors and containers "
+            "(a tampered or foreign checkpoint); nothing in it was run"
+        ) from None
+    except Exception as e:  # a truncated file, a bad JSON
         raise CheckpointError(
             f"{path}: cannot be loaded safely ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
         ) from None
@@ -301,3 +363,53 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: Path
     """Check shapes, then load weights into an unsharded model (tied weights stored once)."""
     check_weights(model.cfg, weights, where)  # type: ignore[arg-type]
     model.load_state_dict(weights, strict=False)
+
+
+# Optimizer settings that come from the config, not from training: after loading a saved
+# optimizer state they are set back to the current config's values, so a flag changed on
+# resume (or a rollback) takes effect. The learning rate is set by the loop every step.
+CONFIG_KEYS = ("weight_decay", "betas", "eps", "momentum", "nesterov", "dampening", "lr_mult")
+
+
+def restore(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    tokenizer: Tokenizer,
+    optim_name: str | None = None,
+) -> TrainState:
+    """Load checkpoint `path` into a live model and optimizer and restore the RNGs; return its counters."""
+    loaded = load(path, with_optimizer=optimizer is not None)
+    if optim_name is not None and optimizer is not None and loaded.cfg.optim.name != optim_name:
+        raise CheckpointError(
+            f"{path}: the checkpoint was trained with --optim.name {loaded.cfg.optim.name}, this run uses "
+            f"{optim_name}; resume with the same optimizer"
+        )
+    if loaded.tokenizer.to_json() != tokenizer.to_json():
+        raise CheckpointError(
+            f"{path}: the checkpoint's tokenizer ({_describe(loaded.tokenizer)}) does not match this run's "
+            f"({_describe(tokenizer)}); resume with the run's own --data and --tokenizer"
+        )
+    from steplab.dist import load_full_state
+
+    check_weights(model.cfg, loaded.weights, path)  # type: ignore[arg-type]
+    if optimizer is None or loaded.optimizer is None:
+        load_full_state(model, None, loaded.weights, None)
+    else:
+        current = [{k: g[k] for k in CONFIG_KEYS if k in g} for g in optimizer.param_groups]
+        try:  # works for a plain model and for FSDP shards alike (every rank reads the full state)
+            load_full_state(model, optimizer, loaded.weights, loaded.optimizer)
+        except (ValueError, KeyError, RuntimeError, IndexError) as e:
+            raise CheckpointError(
+                f"{path}: optimizer state does not match this run's optimizer ({str(e).splitlines()[0][:200]})"
+            ) from None
+        for group, settings in zip(optimizer.param_groups, current, strict=True):
+            group.update(settings)
+    if loaded.rng is not None:
+        set_rng_state(loaded.rng)
+    return loaded.state
+
+
+def _describe(tok: Tokenizer) -> str:
+    return f"{tok.kind}, {tok.vocab_size} tokens"

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -82,11 +83,11 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
             )
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """preset → config file → flags; then validate."""
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """preset (or `base`, unless a preset is named) → config file → flags; then validate."""
     from steplab.presets import get_preset
 
-    cfg = get_preset(args.preset or "default")
+    cfg = base if (base is not None and not args.preset) else get_preset(args.preset or "default")
     if args.config:
         cfg = load_toml(args.config, base=cfg)
         if args.preset:
@@ -119,7 +120,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from steplab.train import train
 
-    cfg = config_from_args(args)
+    named = Path(args.run_dir) if args.run_dir else (Path("runs") / args.name if args.name else None)
+    if args.resume and named is None:
+        raise SteplabError("--resume needs the run to continue: pass --run-dir DIR (or --name NAME)")
+    base = None
+    if args.resume and named is not None and (named / "config.toml").is_file():
+        base = load_toml(named / "config.toml")  # a resumed run keeps its settings; flags still override
+    cfg = config_from_args(args, base)
     if args.print_config:
         print(dump_toml(cfg), end="")
         return 0
@@ -127,11 +134,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from steplab.dist import launch
 
         return launch(args.nproc, _strip_flag(args.argv, "--nproc"))
-    run_dir = (
-        Path(args.run_dir)
-        if args.run_dir
-        else Path("runs") / (args.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    )
+    run_dir = named or Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.quiet:  # also silences data preparation, which reads the config
+        cfg.train.progress = False
     if isinstance(cfg.optim.lr, str):
         from steplab.tune.lr_find import resolve_auto_lr
 
@@ -336,7 +341,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
 # Modules that add their own commands (compare, tune, report, ...): each has
 # `register_cli(subparsers, commands)`. Imported only when the CLI runs.
-COMMAND_MODULES: list[str] = ["steplab.runs", "steplab.plots", "steplab.report", "steplab.export"]
+COMMAND_MODULES: list[str] = [
+    "steplab.runs",
+    "steplab.plots",
+    "steplab.report",
+    "steplab.export",
+    "steplab.doctor",
+    "steplab.datacmd",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -348,7 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return commands[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return commands[args.command](args)
     except SteplabError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
@@ -360,6 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Warnings (a damaged checkpoint skipped, a setting ignored) as one `warning:` line."""
+    sys.stderr.write(f"warning: {message}\n")
 
 
 if __name__ == "__main__":

@@ -195,6 +195,23 @@ class CheckpointConfig:
     keep_best: bool = opt(True, "also keep the checkpoint with the best validation loss")
 
 
+@dataclass(kw_only=True)
+class GuardConfig:
+    """Divergence guard: catch a non-finite or spiking step before its update lands (see steplab.guard)."""
+
+    policy: Literal["off", "stop", "skip", "rollback"] = opt(
+        "skip",
+        "on a bad step: stop, skip its batch, or roll back to the last good checkpoint "
+        "(off: no per-step check and no per-step host sync)",
+    )
+    spike_sigma: float = opt(5.0, "a spike is a loss above the moving mean + this many moving std", gt=0)
+    spike_rise: float = opt(0.1, "... and above the moving mean x (1 + this)", ge=0)
+    spike_decay: float = opt(0.9, "decay of the moving mean and variance of the loss", gt=0, lt=1)
+    spike_warmup: int = opt(20, "accepted steps before loss spikes are checked", ge=1)
+    max_attempts: int = opt(5, "give up after this many consecutive skipped steps, or rollbacks", ge=1)
+    lr_factor: float = opt(0.5, "rollback: multiply the learning rate by this", gt=0, le=1)
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -204,6 +221,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "checkpoint": CheckpointConfig,
+    "guard": GuardConfig,
 }
 
 # `--data corpus/` and `--tokenizer bpe` are short for the section's main field.
@@ -223,6 +241,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def validate(self) -> RunConfig:
         """Check every field's type and range; raise `ConfigError` naming the flag."""

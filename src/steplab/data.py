@@ -117,6 +117,7 @@ def _build_cache(
             "vocab_size": tokenizer.vocab_size,
             "documents": stats.documents,
             "characters": stats.characters,
+            "redactions": stats.redactions if data_cfg.redact else None,
         }
         del tokens
         (tmp / "tokenizer.json").write_text(json.dumps(tokenizer.to_json()))

@@ -148,12 +148,12 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict
 
 
 def load_full_state(
-    model: nn.Module, optimizer: torch.optim.Optimizer, msd: dict[str, Any], osd: dict[str, Any] | None
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, msd: dict[str, Any], osd: dict[str, Any] | None
 ) -> None:
     """Load an unsharded state into a (possibly sharded) model and optimizer; every rank passes it."""
     if not is_sharded(model):
         model.load_state_dict(msd, strict=False)
-        if osd is not None:
+        if osd is not None and optimizer is not None:
             optimizer.load_state_dict(osd)
         return
     from torch.distributed.checkpoint.state_dict import (
@@ -164,7 +164,7 @@ def load_full_state(
 
     opts = StateDictOptions(full_state_dict=True, strict=False)
     set_model_state_dict(model, msd, options=opts)
-    if osd is not None:
+    if osd is not None and optimizer is not None:
         set_optimizer_state_dict(model, optimizer, _index_to_fqn(model, optimizer, osd), options=opts)
 
 

@@ -53,17 +53,26 @@ class Stats:
     nonblank: bool = False
     tokens: int = 0
     pos: int = 0  # source bytes read
+    redactions: dict[str, int] | None = None  # placeholders inserted, per kind (with --data.redact)
 
 
-def pieces(cfg: DataConfig) -> Iterator[Piece]:
-    """The corpus's pieces; with --data.redact, whole documents (a secret may span a piece cut)."""
+def pieces(cfg: DataConfig, stats: Stats | None = None) -> Iterator[Piece]:
+    """The corpus's pieces; with --data.redact, whole documents (a secret may span a piece cut).
+
+    Redaction counts are added to `stats.redactions` when `stats` is given.
+    """
     if not cfg.redact:
         yield from read_pieces(cfg)
         return
     from steplab.redact import redact
 
     for doc in read_documents(cfg):
-        yield Piece(redact(doc)[0], True, 0)
+        text, counts = redact(doc)
+        if stats is not None:
+            stats.redactions = stats.redactions or {}
+            for kind, n in counts.items():
+                stats.redactions[kind] = stats.redactions.get(kind, 0) + n
+        yield Piece(text, True, 0)
 
 
 def units(stream: Iterable[Piece], stats: Stats) -> Iterator[str]:
@@ -202,7 +211,7 @@ def encode_to_file(
     how = f"{workers} worker processes" if workers > 1 else "in-process"
     view.line(f"tokenizing {data_cfg.path or 'the bundled corpus'} ({total_mb:,.1f} MB, {tok.kind}, {how})")
     t0 = time.perf_counter()
-    batches = _batches(units(pieces(data_cfg), stats), stats)
+    batches = _batches(units(pieces(data_cfg, stats), stats), stats)
     n = 0
     with open(out, "wb") as fh:
 

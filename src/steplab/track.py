@@ -206,6 +206,29 @@ def truncate_metrics(path: Path, step: int) -> None:
     p.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
 
 
+def count_records(path: Path) -> int:
+    """Complete lines in a metrics.jsonl (what a checkpoint remembers, to cut back to on resume)."""
+    p = Path(path)
+    return p.read_bytes().count(b"\n") if p.exists() else 0
+
+
+def truncate_records(path: Path, n: int, *, keep_events: bool = False) -> None:
+    """Keep the first `n` records (and, with `keep_events`, every later ``event`` record)."""
+    p = Path(path)
+    if not p.exists():
+        return
+    lines = p.read_text(encoding="utf-8").split("\n")[:-1]  # a torn last line (a killed run) goes too
+    later = [line for line in lines[n:] if keep_events and '"event"' in line and _is_event(line)]
+    p.write_text("".join(line + "\n" for line in lines[:n] + later), encoding="utf-8")
+
+
+def _is_event(line: str) -> bool:
+    try:
+        return "event" in json.loads(line)
+    except json.JSONDecodeError:
+        return False
+
+
 def fmt_duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)

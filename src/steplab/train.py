@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
@@ -27,8 +28,9 @@ from steplab import dist as dist_mod
 from steplab.checkpoint import TrainState
 from steplab.config import RunConfig, dump_toml, to_dict
 from steplab.data import BatchSampler, TokenData, prepare, val_windows
-from steplab.errors import ConfigError, SteplabError
+from steplab.errors import ConfigError, DataError, SteplabError
 from steplab.evaluate import mean_loss, summarize
+from steplab.guard import Guard, snapshot, update_ratio
 from steplab.model import GPT, count_params, flops_per_token, matmul_params
 from steplab.optim import build_optimizer, set_lr
 from steplab.runs import process_identity
@@ -41,7 +43,15 @@ from steplab.runtime import (
     resolve_device,
 )
 from steplab.schedules import build_schedule
-from steplab.track import MetricsLog, ProgressView, fmt_duration, memory_mb, truncate_metrics
+from steplab.track import (
+    MetricsLog,
+    ProgressView,
+    count_records,
+    fmt_duration,
+    memory_mb,
+    truncate_metrics,
+    truncate_records,
+)
 
 # --- the step -----------------------------------------------------------------------------
 
@@ -50,6 +60,7 @@ from steplab.track import MetricsLog, ProgressView, fmt_duration, memory_mb, tru
 class StepResult:
     loss: torch.Tensor  # mean loss over the micro-batches, on the device
     grad_norm: torch.Tensor  # global gradient norm before clipping, on the device
+    applied: bool = True  # False when `check` refused the update
 
 
 def train_step(
@@ -60,11 +71,14 @@ def train_step(
     grad_clip: float,
     amp: AbstractContextManager | None = None,
     no_sync: Callable[[], AbstractContextManager] | None = None,
+    check: Callable[[torch.Tensor, torch.Tensor], bool] | None = None,
 ) -> StepResult:
     """One optimizer step over `len(batches)` micro-batches (gradient accumulation).
 
     `no_sync` (DDP) skips the gradient all-reduce on every micro-batch but the last.
-    No host synchronisation happens here: the returned tensors stay on the device.
+    `check(loss, grad_norm)` runs before the update and may refuse it (the divergence guard).
+    No host synchronisation happens here (unless `check` makes one): the returned tensors
+    stay on the device.
     """
     n = len(batches)
     total = torch.zeros((), device=batches[0][0].device)
@@ -82,6 +96,9 @@ def train_step(
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
     if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
         grad_norm = grad_norm.full_tensor()
+    if check is not None and not check(total / n, grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss=total / n, grad_norm=grad_norm, applied=False)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(loss=total / n, grad_norm=grad_norm)
@@ -148,6 +165,18 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
         raise ConfigError(
             f"--model.vocab-size {cfg.model.vocab_size} is smaller than the tokenizer's {data.tokenizer.vocab_size}"
         )
+    try:
+        sampler = BatchSampler(
+            data.train,
+            cfg.model.block_size,
+            cfg.train.batch_size,
+            cfg.train.seed,
+            device,
+            rank=info.rank,
+            world_size=info.world_size,
+        )
+    except DataError as e:  # name the corpus: the sampler only sees its tokens
+        raise DataError(f"--data {cfg.data.path or 'bundled corpus'}: {e}") from None
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model).to(device)
     fpt = flops_per_token(cfg.model, matmul_params(model))
@@ -167,15 +196,7 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
         step_model=step_model,
         optimizer=optimizer,
         schedule=build_schedule(cfg.schedule),
-        sampler=BatchSampler(
-            data.train,
-            cfg.model.block_size,
-            cfg.train.batch_size,
-            cfg.train.seed,
-            device,
-            rank=info.rank,
-            world_size=info.world_size,
-        ),
+        sampler=sampler,
         val=val_windows(
             data.val, cfg.eval.window or cfg.model.block_size, cfg.eval.max_windows, cfg.train.seed
         ),
@@ -264,8 +285,8 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an earlier run unless told to resume it or start over."""
+def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an earlier run unless told to resume it or start over (touches nothing)."""
     run_dir = Path(run_dir)
     has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
     if has_run and not resume and not overwrite:
@@ -273,6 +294,14 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
             f"run directory {run_dir} already holds a run; pass --resume to continue it, "
             "--overwrite to replace it, or choose another --run-dir"
         )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SteplabError(f"--run-dir {run_dir} is a file, not a directory")
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """`check_run_dir`, then clear the old run when overwriting and create the directory."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     if overwrite and not resume and run_dir.exists():
         import shutil
 
@@ -290,20 +319,13 @@ def restore(s: Session, run_dir: Path) -> TrainState:
 
     Every rank reads the same (unsharded) files, so a run saved by N processes resumes on M.
     """
-    path = ckpt.latest(run_dir)
-    loaded = ckpt.load(path)
-    ckpt.check_weights(s.cfg.model, loaded.weights, path)
-    if loaded.tokenizer.to_json() != s.data.tokenizer.to_json():
-        raise SteplabError(f"{path}: the checkpoint's tokenizer does not match this run's corpus/tokenizer")
-    try:
-        dist_mod.load_full_state(s.model, s.optimizer, loaded.weights, loaded.optimizer)
-    except (ValueError, KeyError, RuntimeError, IndexError) as e:
-        raise SteplabError(
-            f"{path}: optimizer state does not match --optim.name {s.cfg.optim.name} ({str(e).splitlines()[0][:160]})"
-        ) from None
-    if loaded.rng is not None:
-        ckpt.set_rng_state(loaded.rng)
-    return loaded.state
+    return ckpt.restore(
+        ckpt.latest(run_dir),
+        model=s.model,
+        optimizer=s.optimizer,
+        tokenizer=s.data.tokenizer,
+        optim_name=s.cfg.optim.name,
+    )
 
 
 def fit(
@@ -317,6 +339,7 @@ def fit(
     """Train until the budget is spent (or a target, a signal or a callback stops the run)."""
     cfg, t = s.cfg, s.cfg.train
     state = state or TrainState()
+    guard = Guard(cfg.guard, state, can_rollback=run_dir is not None) if cfg.guard.policy != "off" else None
     log = (
         MetricsLog(
             run_dir / "metrics.jsonl", tensorboard=t.tensorboard, tracker=t.tracker, config=to_dict(cfg)
@@ -344,15 +367,28 @@ def fit(
     last_log = (state.step, state.train_seconds)
     final: dict[str, float] = {}
     sync = s.device.type == "cuda"
+    already_done = state.step > 0 and progress_of(cfg, state) >= 1.0  # resumed a finished run
+    saved_at: int | None = None  # the step last checkpointed (a signal right after `every` saves once)
+    data_seconds = 0.0
+
+    def say(text: str) -> None:
+        """A message that must be seen even without a progress view (signals, the guard)."""
+        if view.enabled:
+            view.line(text)
+        elif s.is_main:
+            sys.stderr.write(text + "\n")
 
     def checkpoint_now() -> None:
-        if run_dir is None:
+        nonlocal saved_at
+        if run_dir is None or saved_at == state.step:
             return
         # Under torchrun every rank takes part in gathering the full state; rank 0 writes it.
         msd, osd = dist_mod.full_state(s.model, s.optimizer) if s.dist.enabled else (None, None)
         if not s.is_main:
+            saved_at = state.step
             return
         keep = {state.best_step} if (cfg.checkpoint.keep_best and state.best_step is not None) else set()
+        state.metrics_lines = count_records(run_dir / "metrics.jsonl")
         ckpt.save(
             run_dir,
             model=s.model,
@@ -365,8 +401,11 @@ def fit(
             keep_last=cfg.checkpoint.keep_last,
             keep=keep,
         )
+        saved_at = state.step
+        if guard is not None:
+            guard.note_checkpoint()
 
-    def run_eval(final_eval: bool = False) -> dict[str, float]:
+    def run_eval(final_eval: bool = False, record_it: bool = True) -> dict[str, float]:
         if sync:
             torch.cuda.synchronize()
         result = evaluate(s)
@@ -380,7 +419,7 @@ def fit(
         improved = state.best_val_loss is None or result["val_loss"] < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_step = result["val_loss"], state.step
-        if log:
+        if log and record_it:
             log.write(record)
         view.line(
             f"eval step {state.step}: val_loss {result['val_loss']:.4f}  ppl {result['val_ppl']:.2f}  "
@@ -392,25 +431,60 @@ def fit(
             cb.on_eval(s, state, record)
         return result
 
+    guard_check = None
+    if guard is not None:  # under torchrun every rank judges the same (mean) loss, so all agree
+        guard_check = (
+            (lambda loss, gn: guard.check(dist_mod.all_reduce(loss), gn)) if s.dist.enabled else guard.check
+        )
+
     try:
         with _Signals() as signals:
+            if guard is not None and cfg.guard.policy == "rollback" and run_dir and s.is_main:
+                if not ckpt.list_steps(ckpt.checkpoint_dir(run_dir)):
+                    checkpoint_now()  # something to roll back to before the first periodic checkpoint
             while progress_of(cfg, state) < 1.0:
                 t0 = time.perf_counter()
                 mult = s.schedule(state.step, progress_of(cfg, state))
-                lr = s.peak_lr * mult
+                lr = s.peak_lr * mult * state.guard.get("lr_scale", 1.0)
                 set_lr(s.optimizer, lr)
+                batches = s.micro_batches(state.step + state.guard.get("data_offset", 0))
+                data_seconds += time.perf_counter() - t0
+                probe = snapshot(s.model) if (state.step + 1) % t.log_every == 0 else None
                 out = train_step(
                     s.step_model,
                     s.optimizer,
-                    s.micro_batches(state.step),
+                    batches,
                     grad_clip=cfg.optim.grad_clip,
                     amp=s.amp(),
                     no_sync=s.no_sync,
+                    check=guard_check,
                 )
+                if guard is not None and not out.applied:
+                    event = guard.decide(state.step + 1)
+                    if event["action"] == "rollback" and run_dir is not None:
+                        guard.rollback(
+                            run_dir,
+                            model=s.model,
+                            optimizer=s.optimizer,
+                            tokenizer=s.data.tokenizer,
+                            optim_name=cfg.optim.name,
+                            event=event,
+                        )
+                        saved_at = None
+                    if log:
+                        log.write(event)
+                    say(guard.message(event))
+                    if event["action"] in ("stop", "give_up"):
+                        status = "diverged"
+                        break
+                    if event["action"] == "rollback":
+                        state.train_seconds += time.perf_counter() - t0
+                        last_log = (state.step, state.train_seconds)
+                        continue
                 state.step += 1
                 state.tokens += per_step
                 done = progress_of(cfg, state) >= 1.0
-                if state.step % t.log_every == 0 or done:
+                if (state.step % t.log_every == 0 or done) and out.applied:
                     # host sync: logging steps only (and the mean over ranks under torchrun)
                     loss, grad_norm = dist_mod.all_reduce(out.loss).item(), out.grad_norm.item()
                     state.train_seconds += time.perf_counter() - t0
@@ -427,7 +501,11 @@ def fit(
                         "grad_norm": grad_norm,
                         "tokens_per_second": round(tps, 1),
                         "step_seconds": secs / max(steps, 1),
+                        "data_fraction": round(min(1.0, data_seconds / secs), 4) if secs > 0 else 0.0,
                     }
+                    data_seconds = 0.0
+                    if probe is not None:
+                        record["update_ratio"] = update_ratio(s.model, probe).item()
                     if s.peak_flops:
                         record["mfu"] = s.flops_per_token * tps / s.peak_flops
                     record.update(memory_mb(s.device))
@@ -442,11 +520,9 @@ def fit(
                             f"step {state.step}: loss {loss:.4f}  lr {lr:.2e}  grad {grad_norm:.3f}  "
                             f"{tps:,.0f} tok/s  train {fmt_duration(state.train_seconds)}"
                         )
-                    if not math.isfinite(loss):
+                    if not math.isfinite(loss) and guard is None:
                         status = "diverged"
-                        view.line(
-                            f"loss is {loss} at step {state.step}: the run diverged (try a lower --optim.lr)"
-                        )
+                        say(f"loss is {loss} at step {state.step}: the run diverged (try a lower --optim.lr)")
                         break
                     for cb in callbacks:
                         cb.on_log(s, state, record)
@@ -470,14 +546,16 @@ def fit(
                     status = "interrupted"
                     name = signal.Signals(signals.received).name
                     checkpoint_now()
-                    view.line(
+                    say(
                         f"{name} received: checkpoint saved at step {state.step}; "
                         f"resume with: steplab train --run-dir {run_dir} --resume"
+                        if run_dir
+                        else f"{name} received: stopped at step {state.step} (no run directory: nothing saved)"
                     )
                     break
             if status == "finished":
-                final = run_eval(final_eval=True)
-            if status in ("finished", "target"):
+                final = run_eval(final_eval=True, record_it=not already_done)
+            if status in ("finished", "target") and not already_done:
                 checkpoint_now()
     except StopTraining:
         status = "stopped"
@@ -537,18 +615,28 @@ def train(
     progress: bool = True,
 ) -> Result:
     """Build a session from `cfg` and train it; the Python API behind `steplab train`."""
-    info = dist_mod.init_from_env(resolve_device(cfg.train.device).type)
+    dist_mod.init_from_env(resolve_device(cfg.train.device).type)  # before anything that may use it
     if run_dir is not None:
         run_dir = Path(run_dir)
-        if info.is_main:
-            prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-        dist_mod.barrier()
-    s = build(cfg)
+        check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    s = build(cfg)  # a bad corpus or config fails here, before the run directory is touched
     state = None
+    if resume and run_dir is not None:
+        if s.is_main:
+            ckpt.remove_partial(run_dir)
+        dist_mod.barrier()
     if resume and run_dir is not None and ckpt.list_steps(ckpt.checkpoint_dir(run_dir)):
         state = restore(s, run_dir)
-        if s.is_main:
+        if s.is_main and state.metrics_lines is not None:  # back to exactly what was logged when saved
+            truncate_records(run_dir / "metrics.jsonl", state.metrics_lines)
+        elif s.is_main:
             truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    elif resume and run_dir is not None and s.is_main:  # killed before its first checkpoint: start over
+        truncate_records(run_dir / "metrics.jsonl", 0)
+    if run_dir is not None:
+        if s.is_main:
+            prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        dist_mod.barrier()
     try:
         return fit(s, run_dir=run_dir, state=state, callbacks=callbacks, progress=progress)
     finally:
