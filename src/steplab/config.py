@@ -161,6 +161,9 @@ class TrainConfig:
     log_every: int = opt(50, "log train metrics every N steps", ge=1)
     progress: bool = opt(True, "show a progress bar (plain lines when not a terminal)")
     tensorboard: bool = opt(True, "also write TensorBoard events (when the tensorboard extra is installed)")
+    noise_scale_every: int = opt(
+        0, "log the gradient noise scale every N steps (0: off; 4 extra forward-backward passes each)", ge=0
+    )
 
 
 @dataclass(kw_only=True)

@@ -170,7 +170,9 @@ class StopTraining(Exception):
 class Callback:
     """Hooks into the loop; subclasses override what they need."""
 
-    def on_log(self, s: Session, state: TrainState, record: dict[str, Any]) -> None: ...
+    def on_log(self, s: Session, state: TrainState, record: dict[str, Any]) -> None:
+        """After a logged step with a finite loss; keys added to `record` are logged with it."""
+
     def on_eval(self, s: Session, state: TrainState, record: dict[str, Any]) -> None: ...
 
 
@@ -379,8 +381,13 @@ def fit(
                         record["mfu"] = s.flops_per_token * tps / s.peak_flops
                     if s.device.type == "cuda":
                         record["peak_mem_mb"] = torch.cuda.max_memory_allocated(s.device) / 2**20
-                    if log:
-                        log.write(record)
+                    try:  # callbacks first, so one can add its metrics to the record (noise scale)
+                        if math.isfinite(loss):
+                            for cb in callbacks:
+                                cb.on_log(s, state, record)
+                    finally:
+                        if log:
+                            log.write(record)
                     view.update(
                         state.step if unit == "steps" else 100 * progress_of(cfg, state),
                         f"loss {loss:.4f}  {tps:,.0f} tok/s",
@@ -396,8 +403,6 @@ def fit(
                             f"loss is {loss} at step {state.step}: the run diverged (try a lower --optim.lr)"
                         )
                         break
-                    for cb in callbacks:
-                        cb.on_log(s, state, record)
                 else:
                     state.train_seconds += time.perf_counter() - t0
                 if cfg.eval.every and state.step % cfg.eval.every == 0 and not done and s.is_main:
@@ -475,6 +480,10 @@ def train(
         run_dir = Path(run_dir)
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     s = build(cfg)
+    if cfg.train.noise_scale_every:  # the online gradient-noise-scale meter
+        from steplab.tune.batch_find import meter_callbacks
+
+        callbacks = [*callbacks, *meter_callbacks(cfg)]
     state = None
     if resume and run_dir is not None and ckpt.list_steps(ckpt.checkpoint_dir(run_dir)):
         state = restore(s, run_dir)
