@@ -74,7 +74,7 @@ def b_simple(g2s: Sequence[float], traces: Sequence[float], *, boot: int = 1000,
     if len(g) > 1:
         idx = np.random.default_rng(seed).integers(0, len(g), size=(boot, len(g)))
         samples = ratio(g[idx].mean(axis=1), t[idx].mean(axis=1))
-        low, high = (float(v) for v in np.percentile(samples, [16, 84]))
+        low, high = (float(v) for v in np.percentile(samples, [16, 84], method="nearest"))
     else:
         low, high = -math.inf, math.inf
     return NoiseScale(value, low, high, float(g.mean()), float(t.mean()), len(g))
