@@ -46,7 +46,23 @@ def test_suggestions_on_a_known_curve() -> None:
     exact_min = lrs[np.argmin(loss)]
     assert exact_min / 2 < s.minimum < exact_min * 2
     assert s.min10 == pytest.approx(s.minimum / 10) and s.lr == s.steepest
-    assert suggest(lrs, noisy).lr == s.min10  # min10 is the default rule
+    assert suggest(lrs, noisy, rule="min10").lr == s.min10 and suggest(lrs, noisy).lr == s.steepest
+
+
+def test_steepest_ignores_dips_on_the_plateau() -> None:
+    """A language model's curve: a slow fall, a plateau with a dip steeper than the fall, then
+    the blow-up. The minimum lands in the dip; the steepest point stays in the main fall."""
+    lrs = np.logspace(-7, 1, 100)
+    x = np.log10(lrs)
+    loss = 4.2 - 0.9 / (1 + np.exp(-(x + 3)))  # the fall, centred at 1e-3
+    loss -= 0.09 * np.exp(-(((x + 0.6) / 0.2) ** 2))  # a dip on the plateau at 0.25
+    loss += 30 * np.clip(x + 0.2, 0, None) ** 2  # the blow-up past 0.6
+    sm = centered_smooth(loss, 2.0)
+    slope = np.gradient(sm, x)
+    assert lrs[int(np.argmin(slope[:-20]))] > 0.1  # unrestricted, the dip would be steepest
+    s = suggest(lrs, loss)
+    assert 0.1 < s.minimum < 0.5  # the minimum is the dip ...
+    assert 3e-4 < s.steepest < 3e-3 and s.lr == s.steepest  # ... the suggestion is not
 
 
 def test_a_curve_that_never_falls_is_an_error() -> None:
@@ -77,7 +93,7 @@ def test_adamw_range_test_stops_early_on_divergence(tiny_cfg: RunConfig, tmp_pat
     assert res.stopped in ("diverged", "nan") and len(res.lrs) < 40
     js, png = write_result(res, tmp_path)
     data = json.loads(js.read_text())
-    assert data["suggestion"]["lr"] == res.suggestion.lr and data["suggestion"]["rule"] == "min10"
+    assert data["suggestion"]["lr"] == res.suggestion.lr and data["suggestion"]["rule"] == "steepest"
     assert png.stat().st_size > 10_000
 
 
@@ -107,7 +123,7 @@ def test_lr_find_command_writes_json_and_plot(tmp_path: Path, capsys) -> None:  
     out = tmp_path / "lrf"
     assert main(["lr-find", "--preset", "tiny", "--steps", "30", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "suggested lr" in text and "min10 rule" in text
+    assert "suggested lr" in text and "steepest rule" in text
     assert (out / "lr_find.png").exists() and json.loads((out / "lr_find.json").read_text())["steps"] == 30
     assert main(["lr-find", "--preset", "tiny", "--steps", "30", "--lr-max", "1e-6", "--out", str(out)]) == 2
     assert "did not fall" in capsys.readouterr().err

@@ -232,7 +232,7 @@ def register_cli(sub: Any, commands: dict[str, Any]) -> None:
     p.add_argument("--lr-min", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
     p.add_argument("--lr-max", type=float, default=10.0, help="last learning rate (default: 10)")
     p.add_argument(
-        "--rule", choices=["min10", "steepest"], default="min10", help="which suggestion to recommend"
+        "--rule", choices=["steepest", "min10"], default="steepest", help="which suggestion to recommend"
     )
     p.add_argument("--out", default=None, help="directory for lr_find.json and lr_find.png")
     commands["lr-find"] = cmd_lr_find
