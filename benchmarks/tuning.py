@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from steplab.config import RunConfig
+from steplab.config import RunConfig, dump_toml, load_toml
 from steplab.train import train
 from steplab.tune.lr_find import lr_find, write_result
 
@@ -31,9 +31,18 @@ GRID = [3e-3 * 2.0**k for k in range(-3, 4)]  # 7 points, factor 2, centred on t
 
 def base_config(scale: str) -> tuple[RunConfig, list[str]]:
     """The default preset, reduced for `small`; returns the config and the flags that say so."""
-    flags = ["--preset", "default", "--train.threads", "1", "--train.tensorboard", "false"]
-    if scale == "small":
-        flags += ["--model.n-embd", "64", "--model.block-size", "64", "--train.batch-size", "16"]
+    flags = ["--preset", "default", "--train.tensorboard", "false"]
+    if scale == "small":  # one thread: the measuring machine was shared
+        flags += [
+            "--train.threads",
+            "1",
+            "--model.n-embd",
+            "64",
+            "--model.block-size",
+            "64",
+            "--train.batch-size",
+            "16",
+        ]
         flags += ["--train.max-steps", "300", "--schedule.warmup-steps", "25"]
         flags += ["--eval.every", "100", "--eval.max-windows", "256"]
     else:
@@ -49,11 +58,22 @@ def final_val(cfg: RunConfig, run_dir: Path, lr: float) -> float:
     c = copy.deepcopy(cfg)
     c.optim.lr = lr
     c.checkpoint.keep_best = False
+    summary = run_dir / "summary.json"
+    if summary.exists() and _same(load_toml(run_dir / "config.toml"), c):  # measured before
+        done = json.loads(summary.read_text())
+        if done.get("status") == "finished":
+            print(f"  lr {lr:.3g}: val_loss {done['val_loss']:.4f} (from {run_dir})", flush=True)
+            return float(done["val_loss"])
     t0 = time.time()
     res = train(c, run_dir, overwrite=True, progress=False)
     val = res.final.get("val_loss", float("nan")) if res.status == "finished" else float("nan")
     print(f"  lr {lr:.3g}: val_loss {val:.4f} ({res.status}, {time.time() - t0:.0f} s wall)", flush=True)
     return val
+
+
+def _same(saved: RunConfig, cfg: RunConfig) -> bool:
+    saved.model.vocab_size = cfg.model.vocab_size  # set from the tokenizer when the run was built
+    return dump_toml(saved) == dump_toml(cfg)
 
 
 # --- (1) lr-find vs a learning-rate grid -------------------------------------------------------
@@ -71,6 +91,7 @@ def exp_lr_grid(scale: str, out: Path, runs: Path) -> dict[str, Any]:
     picked = {rule: final_val(cfg, runs / f"lrfind-{rule}", lr) for rule, lr in picks.items()}
     best_lr = min(grid, key=lambda k: grid[k])
     result = {
+        "scale": scale,
         "flags": flags,
         "grid": {f"{k:.6g}": v for k, v in grid.items()},
         "best_grid_lr": best_lr,
@@ -97,7 +118,7 @@ def _plot_lr(r: dict[str, Any], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("final validation loss")
-    ax.set_title("AdamW, default preset: lr-find suggestion vs grid (same step budget)")
+    ax.set_title(f"AdamW, default preset ({r['scale']}): lr-find suggestion vs 7-point grid, same steps")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -111,7 +132,7 @@ def _plot_lr(r: dict[str, Any], path: Path) -> None:
 def exp_mup(scale: str, out: Path, runs: Path) -> dict[str, Any]:
     cfg, flags = base_config(scale)
     widths = [64, 128, 256]
-    grid = [1.5e-3 * 2.0**k for k in range(6)]  # 1.5e-3 .. 4.8e-2
+    grid = [3.75e-4 * 2.0**k for k in range(8)]  # 3.75e-4 .. 4.8e-2
     if scale == "small":
         cfg.model.n_layer, cfg.model.block_size, cfg.train.batch_size = 2, 64, 8
         cfg.train.max_steps, cfg.eval.every, cfg.eval.max_windows = 200, 0, 128
@@ -225,8 +246,20 @@ def exp_tune(scale: str, out: Path, runs: Path) -> dict[str, Any]:
     trials = json.loads((study / "trials.json").read_text())
     done = [t for t in trials if t["state"] == "COMPLETE"]
     best = min(done, key=lambda t: t["value"])
-    preset_val = final_val(cfg, runs / "tune-preset", float(cfg.optim.lr))  # type: ignore[arg-type]
+    lr = float(cfg.optim.lr)  # type: ignore[arg-type]
+    preset_val = final_val(cfg, runs / f"grid-{lr:.3g}", lr)  # the lr experiment's run, when there is one
+    # Is the gain larger than the seed-to-seed spread? Both configs again with two more seeds.
+    from steplab.tune.search import apply
+
+    best_cfg = apply(cfg, best["params"])
+    seeds: dict[str, list[float]] = {"preset": [preset_val], "best": [best["value"]]}
+    for seed in (1, 2):
+        for name, c in (("preset", cfg), ("best", best_cfg)):
+            c = copy.deepcopy(c)
+            c.train.seed = seed
+            seeds[name].append(final_val(c, runs / f"tune-{name}-seed{seed}", float(c.optim.lr)))  # type: ignore[arg-type]
     result = {
+        "seeds": seeds,
         "flags": flags,
         "command": "steplab " + " ".join(argv),
         "rc": rc,

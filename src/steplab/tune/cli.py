@@ -100,9 +100,11 @@ def cmd_batch_find(args: argparse.Namespace) -> int:
         print(f"largest micro-batch: {m.max_micro_batch} sequences (found by trial on the GPU)")
     else:
         d = m.detail
+        capped = " (the search's cap)" if d["uncapped"] > m.max_micro_batch else ""
         print(
-            f"largest micro-batch: {m.max_micro_batch} sequences (estimate: {d['bytes_per_sequence'] / 2**20:.1f} MiB "
-            f"of activations per sequence, {d['available_bytes'] / 2**30:.1f} GiB available x {args.memory_fraction})"
+            f"largest micro-batch: {m.max_micro_batch} sequences{capped} (estimate: {d['bytes_per_sequence'] / 2**20:.1f} "
+            f"MiB per sequence at the peak of a step, {d['available_bytes'] / 2**30:.1f} GiB available "
+            f"x {args.memory_fraction})"
         )
     print(
         f"global batch {res.global_batch} sequences -> --train.batch-size {res.micro_batch} "

@@ -452,7 +452,7 @@ def table(study: Any, k: int = 5) -> str:
     head = ["trial", "val_loss", *keys]
     body = [[str(t.number), f"{t.value:.4f}", *(_fmt(t.params.get(key)) for key in keys)] for t in rows]
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *body]]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *body]]
     summary = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
     return "\n".join([f"study {study.study_name}: {summary}", *lines])
 
