@@ -283,6 +283,7 @@ class Objective:
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("steps", result.state.step)
         if result.status == "interrupted":  # SIGINT/SIGTERM: stop, and run this trial again next time
+            trial.set_user_attr("failure", "interrupted")
             trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             trial.study.stop()
             raise KeyboardInterrupt
@@ -293,9 +294,12 @@ class Objective:
         return float(val)
 
 
+RETRIED = ("worker died", "interrupted")  # failures that are enqueued again, not counted
+
+
 class Stopper:
     """Stops a worker once the study holds `target` finished (complete or pruned) trials, or
-    `max_failures` failed ones (not counting dead workers' trials, which are retried)."""
+    `max_failures` failed ones (not counting killed or interrupted trials: they are retried)."""
 
     def __init__(self, target: int, max_failures: int):
         self.target, self.max_failures = target, max_failures
@@ -305,7 +309,7 @@ class Stopper:
         S = _optuna().trial.TrialState
         trials = study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.FAIL))
         done = sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials)
-        failed = sum(t.state == S.FAIL and t.user_attrs.get("failure") != "worker died" for t in trials)
+        failed = sum(t.state == S.FAIL and t.user_attrs.get("failure") not in RETRIED for t in trials)
         return done, failed
 
     def should_stop(self, study: Any) -> bool:
