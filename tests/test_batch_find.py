@@ -149,6 +149,16 @@ def test_batch_find_command(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     assert "gradient noise scale B_simple =" in text and "--train.grad-accum" in text
     res = json.loads(out.read_text())
     assert res["micro_batch"] * res["grad_accum"] == 24 and res["trained_steps"] == 5
+    run = tmp_path / "run"
+    assert (
+        main(["train", "--preset", "tiny", "--train.max-steps", "5", "--run-dir", str(run), "--quiet"]) == 0
+    )
+    assert (
+        main(["batch-find", "--preset", "default", "--run", str(run), "--rounds", "2", "--out", str(out)])
+        == 0
+    )
+    res = json.loads(out.read_text())
+    assert res["trained_steps"] == 0 and res["block_size"] == 32  # the run's model, not the preset's
     assert main(["batch-find", "--preset", "tiny", "--micro-batches", "1", "--warmup-steps", "0"]) == 2
     assert "--micro-batches must be >= 2" in capsys.readouterr().err
 

@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -362,7 +363,9 @@ def batch_find(
     c.train.log_every, c.eval.every, c.train.noise_scale_every = max(1, warmup_steps), 0, 0
     s = build(c)
     if weights is not None:
-        s.model.load_state_dict(weights)
+        from steplab.checkpoint import load_weights
+
+        load_weights(s.model, weights, Path("--run"))
     elif warmup_steps > 0:  # the noise scale grows as the loss falls: measure where it matters
         fit(s, callbacks=[StopAt(warmup_steps)], progress=False)
     noise = measure_noise_scale(s, rounds=rounds, micro_batches=micro_batches)

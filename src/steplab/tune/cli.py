@@ -73,7 +73,8 @@ def cmd_batch_find(args: argparse.Namespace) -> int:
         if not run_dir.exists():
             raise SteplabError(f"--run: {run_dir} does not exist")
         loaded = ckpt.load(ckpt.latest(run_dir, which=args.checkpoint), with_optimizer=False)
-        cfg.model = loaded.cfg.model  # the run's model, this command's data and batch
+        # the run's model, corpus and tokenizer; this command's batch and measurement settings
+        cfg.model, cfg.data, cfg.tokenizer = loaded.cfg.model, loaded.cfg.data, loaded.cfg.tokenizer
         weights = loaded.weights
     res = batch_find(
         cfg,

@@ -209,7 +209,10 @@ def worker_alive(wid: str) -> bool:
 
 
 def recover_dead_trials(study: Any) -> list[int]:
-    """Fail the running trials whose local worker has died and enqueue them again."""
+    """Fail the running trials whose local worker has died and enqueue them again.
+
+    Optuna has no public call to finish another process's trial, hence the storage calls.
+    """
     optuna = _optuna()
     TrialState = optuna.trial.TrialState
     retried = []
