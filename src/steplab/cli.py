@@ -348,6 +348,7 @@ COMMAND_MODULES: list[str] = [
     "steplab.export",
     "steplab.doctor",
     "steplab.datacmd",
+    "steplab.tune.cli",
 ]
 
 

@@ -170,6 +170,9 @@ class TrainConfig:
     tracker: Literal["none", "wandb", "mlflow"] = opt(
         "none", "also log metrics to wandb or MLflow (needs that extra; configured by its env vars)"
     )
+    noise_scale_every: int = opt(
+        0, "log the gradient noise scale every N steps (0: off; 4 extra forward-backward passes each)", ge=0
+    )
 
 
 @dataclass(kw_only=True)

@@ -85,11 +85,14 @@ def logit_scale(cfg: ModelConfig) -> float:
 
 
 def _fold_mup(cfg: ModelConfig, q: torch.Tensor) -> torch.Tensor:
-    """muP scores are q.k / hs, transformers' are q.k / sqrt(hs): scale q by 1/sqrt(hs) instead.
+    """transformers scales scores by 1/sqrt(hs); fold steplab's muP scale into q instead.
 
     RoPE is linear in q, so scaling before it is exact.
     """
-    return q / math.sqrt(cfg.head_dim) if cfg.parametrization == "mup" else q
+    from steplab.model import attention_scale
+
+    scale = attention_scale(cfg)
+    return q if scale is None else q * (scale * math.sqrt(cfg.head_dim))
 
 
 # --- weights -----------------------------------------------------------------------------

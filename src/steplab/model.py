@@ -5,10 +5,13 @@ the Llama style is the same code with ``pos="rope", norm="rmsnorm", mlp="swiglu"
 bias=False``. Shapes in trailing comments: B batch, T time, C width, nh heads,
 nkv key/value heads, hs head size, V vocabulary.
 
-Under muP (``parametrization="mup"``) three things change with the width ratio
-m = n_embd / mup_base_width: hidden weights are initialised with std init_std/sqrt(m),
-attention scores are scaled by 1/hs instead of 1/sqrt(hs), and the logits are divided
-by m. The per-group learning-rate scaling lives in `steplab.optim`.
+Under muP (``parametrization="mup"``; Yang et al. 2022, Tensor Programs V, Table 8) three
+things change with the width ratio m = n_embd / mup_base_width: hidden weights are
+initialised with std init_std/sqrt(m), attention scores are scaled by 1/hs instead of
+1/sqrt(hs) (times sqrt(hs at the base width), so at m = 1 the model is the SP model), and
+the logits are multiplied by 1/m. An untied output head starts at zero. The head count is
+meant to stay fixed as the width grows (hs grows with it), as `steplab transfer` does.
+The per-group learning-rate scaling lives in `steplab.optim`.
 """
 
 from __future__ import annotations
@@ -44,6 +47,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def attention_scale(cfg: ModelConfig) -> float | None:
+    """Score scale: None is sdpa's 1/sqrt(hs); under muP 1/hs, times sqrt(base hs) so the
+    base width gives exactly the standard model."""
+    if cfg.parametrization != "mup":
+        return None
+    return math.sqrt(cfg.mup_base_width / cfg.n_head) / cfg.head_dim
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -54,7 +65,7 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.dropout = cfg.dropout
-        self.scale = 1.0 / self.head_dim if cfg.parametrization == "mup" else None  # None: sdpa's 1/sqrt(hs)
+        self.scale = attention_scale(cfg)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         B, T, C = x.shape

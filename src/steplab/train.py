@@ -231,7 +231,9 @@ class StopTraining(Exception):
 class Callback:
     """Hooks into the loop; subclasses override what they need."""
 
-    def on_log(self, s: Session, state: TrainState, record: dict[str, Any]) -> None: ...
+    def on_log(self, s: Session, state: TrainState, record: dict[str, Any]) -> None:
+        """After a logged step with a finite loss; keys added to `record` are logged with it."""
+
     def on_eval(self, s: Session, state: TrainState, record: dict[str, Any]) -> None: ...
 
 
@@ -509,8 +511,13 @@ def fit(
                     if s.peak_flops:
                         record["mfu"] = s.flops_per_token * tps / s.peak_flops
                     record.update(memory_mb(s.device))
-                    if log:
-                        log.write(record)
+                    try:  # callbacks first, so one can add its metrics to the record (noise scale)
+                        if math.isfinite(loss):
+                            for cb in callbacks:
+                                cb.on_log(s, state, record)
+                    finally:
+                        if log:
+                            log.write(record)
                     view.update(
                         state.step if unit == "steps" else 100 * progress_of(cfg, state),
                         f"loss {loss:.4f}  {tps:,.0f} tok/s",
@@ -524,8 +531,6 @@ def fit(
                         status = "diverged"
                         say(f"loss is {loss} at step {state.step}: the run diverged (try a lower --optim.lr)")
                         break
-                    for cb in callbacks:
-                        cb.on_log(s, state, record)
                 else:
                     state.train_seconds += time.perf_counter() - t0
                 if s.dist.enabled:  # every rank must agree on time spent and on stopping
@@ -620,6 +625,10 @@ def train(
         run_dir = Path(run_dir)
         check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     s = build(cfg)  # a bad corpus or config fails here, before the run directory is touched
+    if cfg.train.noise_scale_every:  # the online gradient-noise-scale meter
+        from steplab.tune.batch_find import meter_callbacks
+
+        callbacks = [*callbacks, *meter_callbacks(cfg)]
     state = None
     if resume and run_dir is not None:
         if s.is_main:

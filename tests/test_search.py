@@ -1,0 +1,222 @@
+"""steplab tune: the search space, trials that fail, resuming, dead workers, outputs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from steplab.cli import main
+from steplab.config import RunConfig, dump_toml, load_toml
+from steplab.errors import ConfigError
+from steplab.tune.search import (
+    Param,
+    TuneSpec,
+    apply,
+    open_storage,
+    open_study,
+    parse_space,
+    recover_dead_trials,
+    run_study,
+    sample,
+    worker_alive,
+    worker_id,
+    write_outputs,
+)
+
+SPACE = """
+[optim.lr]
+type = "log_float"
+low = 1e-3
+high = 3e-2
+
+[schedule.warmup_steps]
+type = "int"
+low = 0
+high = 10
+step = 5
+
+[optim.name]
+type = "categorical"
+choices = ["adamw", "adam"]
+"""
+
+S = optuna.trial.TrialState
+
+
+def spec_for(cfg: RunConfig, tmp_path: Path, space: list[Param], trials: int, **kw) -> TuneSpec:  # noqa: ANN003
+    cfg.train.max_steps, cfg.eval.every, cfg.eval.max_windows = 10, 5, 16
+    return TuneSpec(
+        base_toml=dump_toml(cfg),
+        space=space,
+        study_name="t",
+        study_dir=str(tmp_path / "study"),
+        storage=None,
+        trials=trials,
+        **kw,
+    )
+
+
+def test_space_parses_and_samples_into_the_config() -> None:
+    import tomllib
+
+    space = parse_space(tomllib.loads(SPACE))
+    assert [p.key for p in space] == ["optim.lr", "optim.name", "schedule.warmup_steps"]
+    trial = optuna.trial.FixedTrial({"optim.lr": 0.005, "schedule.warmup_steps": 5, "optim.name": "adam"})
+    params = sample(trial, space)
+    cfg = apply(RunConfig(), params)
+    assert (cfg.optim.lr, cfg.schedule.warmup_steps, cfg.optim.name) == (0.005, 5, "adam")
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[optim.lrr]\ntype="float"\nlow=1\nhigh=2', "optim has no field 'lrr'"),
+        ('[optimizer.lr]\ntype="float"\nlow=1\nhigh=2', "not a config section"),
+        ('[optim.lr]\ntype="uniform"\nlow=1\nhigh=2', "needs type = one of"),
+        ('[optim.lr]\ntype="float"\nlow=2\nhigh=1', "low < high"),
+        ('[optim.lr]\ntype="log_float"\nlow=0\nhigh=1', "log scale needs low > 0"),
+        ('[model.norm]\ntype="categorical"\nchoices=["layernorm","batchnorm"]', "choice 'batchnorm'"),
+        ('[model.n_layer]\ntype="int"\nlow=1\nhigh=4\nstride=2', "unknown keys stride"),
+    ],
+)
+def test_bad_spaces_name_the_table(toml: str, message: str) -> None:
+    import tomllib
+
+    with pytest.raises(ConfigError, match=message):
+        parse_space(tomllib.loads(toml), "space.toml")
+
+
+def test_storage_choices(tmp_path: Path) -> None:
+    from optuna.storages import JournalStorage
+
+    assert isinstance(open_storage(None, tmp_path), JournalStorage)
+    assert (tmp_path).exists()
+    with pytest.raises(ConfigError, match="sqlite does not take concurrent writers"):
+        open_storage(f"sqlite:///{tmp_path}/s.db", tmp_path, workers=2)
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="steplab\\[postgres\\]"):
+            open_storage("postgresql://u@h/db", tmp_path)
+
+
+def test_study_runs_resumes_and_writes_a_best_config(tmp_path: Path, tiny_cfg: RunConfig) -> None:
+    import tomllib
+
+    spec = spec_for(tiny_cfg, tmp_path, parse_space(tomllib.loads(SPACE)), trials=3, pruner="none")
+    study = run_study(spec, quiet=True)
+    done = study.get_trials(states=(S.COMPLETE,))
+    assert len(done) == 3 and all(t.value is not None and t.value < 4.5 for t in done)
+    assert all(len(t.intermediate_values) == 2 for t in done)  # val loss at steps 5 and 10
+    first = {t.number: t.value for t in done}
+    spec.trials = 4  # the same study, asked for one more trial
+    study = run_study(spec, quiet=True)
+    done = study.get_trials(states=(S.COMPLETE,))
+    assert len(done) == 4 and {t.number: t.value for t in done if t.number in first} == first
+    out = write_outputs(study, spec)
+    best = min(done, key=lambda t: t.value)
+    cfg = load_toml(out["best"])
+    assert (
+        cfg.optim.lr == pytest.approx(best.params["optim.lr"]) and cfg.optim.name == best.params["optim.name"]
+    )
+    assert cfg.train.max_steps == 10 and out["history"].exists() and out["trials"].exists()
+    assert not (Path(best.user_attrs["run_dir"]) / "checkpoints").exists()  # trials keep no checkpoints
+    assert (Path(best.user_attrs["run_dir"]) / "metrics.jsonl").exists()
+
+
+def test_diverged_trials_are_pruned_and_crashes_fail_without_stopping(
+    tmp_path: Path, tiny_cfg: RunConfig
+) -> None:
+    tiny_cfg.optim.name, tiny_cfg.optim.grad_clip = "sgd", 0.0
+    space = [Param("optim.lr", "log_float", 0.01, 1e31), Param("model.n_head", "categorical", choices=(2, 3))]
+    spec = spec_for(tiny_cfg, tmp_path, space, trials=2, pruner="none")
+    study = open_study(spec)
+    study.enqueue_trial({"optim.lr": 0.05, "model.n_head": 3})  # 32 is not divisible by 3: a crash
+    study.enqueue_trial({"optim.lr": 1e30, "model.n_head": 2})  # diverges
+    study.enqueue_trial({"optim.lr": 0.05, "model.n_head": 2})
+    study = run_study(spec, quiet=True)
+    trials = study.get_trials()
+    assert trials[0].state == S.FAIL and "divisible by --model.n-head" in trials[0].user_attrs["failure"]
+    assert trials[1].state == S.PRUNED and trials[1].user_attrs["status"] == "diverged"
+    assert trials[2].state == S.COMPLETE  # the study went on
+
+
+def test_dead_workers_trials_are_failed_and_retried(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = worker_id(proc.pid).rsplit(":", 1)[0] + ":1"  # that pid, with a start time no process has
+    assert worker_alive(worker_id()) and not worker_alive(dead)
+    assert worker_alive("another-host:1:1")  # not ours to judge
+    study = optuna.create_study(storage=open_storage(None, tmp_path), study_name="d")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.set_user_attr("worker", dead)
+    live = study.ask()
+    live.set_user_attr("worker", worker_id())
+    assert recover_dead_trials(study) == [trial.number]
+    trials = study.get_trials()
+    assert trials[trial.number].state == S.FAIL and trials[live.number].state == S.RUNNING
+    waiting = study.get_trials(states=(S.WAITING,))
+    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == trial.params
+    assert waiting[0].user_attrs["retry_of"] == trial.number
+
+
+def _count(journal: Path) -> tuple[list, list]:
+    storage = open_storage(str(journal), journal.parent)
+    try:
+        trials = optuna.load_study(study_name="tiny-space", storage=storage).get_trials()
+    except KeyError:  # the journal exists, the study not yet
+        return [], []
+    return [t for t in trials if t.state == S.COMPLETE], [t for t in trials if t.state == S.RUNNING]
+
+
+def test_sigkill_mid_trial_then_rerun_loses_no_completed_trial(tmp_path: Path) -> None:
+    (tmp_path / "space.toml").write_text(SPACE)
+    study_dir = tmp_path / "study"
+    argv = [sys.executable, "-m", "steplab", "tune", "--preset", "tiny", "--space", "space.toml"]
+    argv += ["--trials", "3", "--budget-steps", "30", "--dir", str(study_dir), "--pruner", "none"]
+    argv += ["--train.tensorboard", "false", "--train.threads", "1", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    journal = study_dir / "journal.log"
+    deadline = time.time() + 120
+    before: list = []
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists():
+            complete, running = _count(journal)
+            if complete and running and len(running[0].params) == 3:  # training, one trial done
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                before = complete
+                break
+        time.sleep(0.05)
+    assert before, f"never caught the study mid-trial: {proc.stderr.read().decode() if proc.stderr else ''}"
+    rerun = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    storage = open_storage(str(journal), study_dir)
+    trials = optuna.load_study(study_name="tiny-space", storage=storage).get_trials()
+    after = {t.number: t.value for t in trials if t.state == S.COMPLETE}
+    assert all(after.get(t.number) == t.value for t in before)  # nothing completed was lost
+    assert len(after) == 3 and (study_dir / "best.toml").exists()
+    killed = [t for t in trials if t.state == S.FAIL]
+    assert len(killed) == 1 and killed[0].user_attrs["failure"] == "worker died"
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == killed[0].number]
+    assert len(retry) == 1 and retry[0].params == killed[0].params and retry[0].state == S.COMPLETE
+
+
+def test_tune_command_errors_are_one_line(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    (tmp_path / "space.toml").write_text(SPACE)
+    space = str(tmp_path / "space.toml")
+    assert main(["tune", "--preset", "tiny", "--space", str(tmp_path / "none.toml")]) == 2
+    assert "--space" in capsys.readouterr().err
+    argv = ["tune", "--preset", "tiny", "--space", space, "--budget-steps", "5", "--budget-seconds", "5"]
+    assert main(argv) == 2 and "choose one" in capsys.readouterr().err
+    argv = ["tune", "--preset", "tiny", "--space", space, "--storage", "sqlite:///x.db", "--workers", "2"]
+    assert main([*argv, "--dir", str(tmp_path / "s")]) == 2
+    assert "sqlite" in capsys.readouterr().err
