@@ -315,7 +315,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
 # Modules that add their own commands (compare, tune, report, ...): each has
 # `register_cli(subparsers, commands)`. Imported only when the CLI runs.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["steplab.compare"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from steplab.data import BatchSampler, TokenData, prepare, val_windows
 from steplab.errors import ConfigError, SteplabError
 from steplab.evaluate import mean_loss, summarize
 from steplab.model import GPT, count_params, flops_per_token, matmul_params
-from steplab.optim import build_optimizer, set_lr
+from steplab.optim import build_optimizer, eval_mode, set_lr, train_mode
 from steplab.runtime import (
     autocast,
     autocast_dtype,
@@ -156,7 +156,8 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
 
 
 def evaluate(s: Session) -> dict[str, float]:
-    loss = mean_loss(s.model, *s.val, batch_size=s.cfg.eval.batch_size, device=s.device, amp=s.amp())
+    with eval_mode(s.optimizer):  # schedule-free optimizers evaluate their averaged weights
+        loss = mean_loss(s.model, *s.val, batch_size=s.cfg.eval.batch_size, device=s.device, amp=s.amp())
     return summarize(loss, s.data.bytes_per_token)
 
 
@@ -259,6 +260,7 @@ def restore(s: Session, run_dir: Path) -> TrainState:
             raise SteplabError(
                 f"{path}: optimizer state does not match --optim.name {s.cfg.optim.name} ({e})"
             ) from None
+        train_mode(s.optimizer)  # saved in eval mode: back to the point it steps from
     if loaded.rng is not None:
         ckpt.set_rng_state(loaded.rng)
     return loaded.state
@@ -303,16 +305,17 @@ def fit(
         if run_dir is None or not s.is_main:
             return
         keep = {state.best_step} if (cfg.checkpoint.keep_best and state.best_step is not None) else set()
-        ckpt.save(
-            run_dir,
-            model=s.model,
-            optimizer=s.optimizer,
-            state=state,
-            cfg=cfg,
-            tokenizer=s.data.tokenizer,
-            keep_last=cfg.checkpoint.keep_last,
-            keep=keep,
-        )
+        with eval_mode(s.optimizer):  # a checkpoint holds the weights to evaluate and sample
+            ckpt.save(
+                run_dir,
+                model=s.model,
+                optimizer=s.optimizer,
+                state=state,
+                cfg=cfg,
+                tokenizer=s.data.tokenizer,
+                keep_last=cfg.checkpoint.keep_last,
+                keep=keep,
+            )
 
     def run_eval(final_eval: bool = False) -> dict[str, float]:
         if sync:
