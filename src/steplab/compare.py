@@ -39,6 +39,7 @@ import torch
 from steplab.config import RunConfig, to_dict
 from steplab.errors import ConfigError, SteplabError
 from steplab.optim import DEFAULT_LR, state_bytes
+from steplab.stats import mean_std, welch_t_test
 from steplab.track import fmt_duration, read_metrics
 from steplab.train import Callback, Session, TrainState, tokens_per_step, train
 
@@ -120,10 +121,11 @@ def plan_variants(vary: Sequence[tuple[str, list[str]]], named: Sequence[Variant
     return out
 
 
-def eval_every(cfg: RunConfig) -> int:
-    """The config's interval, or about 20 evaluations per step or token budget (100 steps on time)."""
+def eval_every(cfg: RunConfig, target: float | None) -> int:
+    """The config's interval; with a target but no interval, about 20 evaluations per run
+    (every 100 steps on a time budget), so that time-to-target is measured."""
     t = cfg.train
-    if cfg.eval.every:
+    if cfg.eval.every or target is None:
         return cfg.eval.every
     if t.max_seconds:
         return 100
@@ -132,7 +134,14 @@ def eval_every(cfg: RunConfig) -> int:
 
 
 def variant_config(
-    base: RunConfig, v: Variant, *, optim_varies: bool, lr_fixed: bool, budget: Budget, seed: int
+    base: RunConfig,
+    v: Variant,
+    *,
+    optim_varies: bool,
+    lr_fixed: bool,
+    budget: Budget,
+    seed: int,
+    target: float | None = None,
 ) -> tuple[RunConfig, str]:
     """The config of one run, and where its learning rate came from."""
     from steplab.config import set_value
@@ -140,6 +149,7 @@ def variant_config(
     cfg = copy.deepcopy(base)
     for key, value in v.overrides:
         set_value(cfg, key, value, where=f"--vary {key}")
+    cfg.validate()  # an unknown optimizer is named here, with the valid ones
     keys = {k for k, _ in v.overrides}
     if "optim.lr" in keys or lr_fixed:
         lr_source = "set"
@@ -155,8 +165,8 @@ def variant_config(
         t = cfg.train
         t.max_steps, t.max_tokens, t.max_seconds = budget.steps, budget.tokens, budget.seconds
     cfg.train.seed = seed
-    cfg.eval.every = eval_every(cfg)
-    if cfg.checkpoint.every == 0:  # an interrupted compare resumes from the last evaluation
+    cfg.eval.every = eval_every(cfg, target)
+    if cfg.checkpoint.every == 0 and cfg.eval.every:  # an interrupted compare resumes from there
         cfg.checkpoint.every = cfg.eval.every
     return cfg.validate(), lr_source
 
@@ -261,66 +271,6 @@ class Resources(Callback):
         self.path.write_text(json.dumps(info, indent=1))
 
 
-# --- statistics -------------------------------------------------------------------------------
-
-
-def mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for aa in (
-            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
-        ):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float] | None:
-    """(t, degrees of freedom, two-sided p) of Welch's unequal-variance t-test; None below 2 per side."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    va, vb = sa**2 / len(a), sb**2 / len(b)
-    se2 = va + vb
-    if se2 == 0.0:
-        return (math.inf, float(len(a) + len(b) - 2), 0.0) if ma != mb else (0.0, 1.0, 1.0)
-    t = (ma - mb) / math.sqrt(se2)
-    df = se2**2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return t, df, betainc(df / 2.0, 0.5, df / (df + t * t))
-
-
 # --- aggregation and the report ----------------------------------------------------------------
 
 
@@ -401,7 +351,8 @@ def table(rows: Sequence[Row], target: float | None) -> str:
         if row.mean is None:
             loss = "diverged" if any(r.status == "diverged" for r in row.runs) else "no result"
         else:
-            loss = f"{row.mean:.4f} ± {row.std:.4f}" + ("" if ok == n else f" ({ok}/{n} seeds)")
+            loss = f"{row.mean:.4f}" + (f" ± {row.std:.4f}" if ok > 1 else "")
+            loss += "" if ok == n else f" ({ok}/{n} seeds)"
         if row.rank == 1:
             sig = "best"
         elif row.p_vs_best is None:
@@ -507,7 +458,13 @@ class Plan:
 
 
 def make_plan(
-    base: RunConfig, variants: Sequence[Variant], *, seeds: int, budget: Budget, lr_fixed: bool
+    base: RunConfig,
+    variants: Sequence[Variant],
+    *,
+    seeds: int,
+    budget: Budget,
+    lr_fixed: bool,
+    target: float | None = None,
 ) -> Plan:
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1 (got {seeds})")
@@ -517,7 +474,13 @@ def make_plan(
     for v in variants:
         for seed in seed_list:
             cfg, src = variant_config(
-                base, v, optim_varies=optim_varies, lr_fixed=lr_fixed, budget=budget, seed=seed
+                base,
+                v,
+                optim_varies=optim_varies,
+                lr_fixed=lr_fixed,
+                budget=budget,
+                seed=seed,
+                target=target,
             )
             configs[v.label, seed], sources[v.label] = cfg, src
     return Plan(list(variants), seed_list, configs, sources)
@@ -672,7 +635,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise ConfigError(f"--budget-{name} must be > 0 (got {value:g})")
     if args.target_loss is not None and args.target_loss <= 0:
         raise ConfigError(f"--target-loss must be > 0 (got {args.target_loss:g})")
-    plan = make_plan(base, variants, seeds=args.seeds, budget=budget, lr_fixed=hasattr(args, "cfg:optim.lr"))
+    plan = make_plan(
+        base,
+        variants,
+        seeds=args.seeds,
+        budget=budget,
+        lr_fixed=hasattr(args, "cfg:optim.lr"),
+        target=args.target_loss,
+    )
     out = Path(args.out) if args.out else default_out(base, plan)
     cli_argv = sys.argv[2:] if sys.argv[1:2] == ["compare"] else None
     command = "steplab compare " + (shlex.join(cli_argv) if cli_argv is not None else "(from Python)")
