@@ -338,8 +338,8 @@ def table(rows: Sequence[Row], target: float | None) -> str:
         "lr",
         "final val loss",
         "vs best (p)",
-        f"time to {target:g}" if target is not None else "time to target",
-        f"tokens to {target:g}" if target is not None else "tokens to target",
+        f"time to {target}" if target is not None else "time to target",
+        f"tokens to {target}" if target is not None else "tokens to target",
         "tokens/s",
         mem_head,
         "optimizer state MB",
@@ -392,9 +392,8 @@ def write_report(
     first = {row.label: Path(row.runs[0].run_dir) for row in rows if row.runs}
     plots = {}
     for x, name in (("train_seconds", "loss_vs_time.png"), ("tokens", "loss_vs_tokens.png")):
-        loss_curves(
-            first, out / name, x=x, title=f"first seed of each variant, against {x.replace('_', ' ')}"
-        )
+        title = f"first seed of each variant, against {x.replace('_', ' ')}"
+        loss_curves(first, out / name, x=x, title=title, smoothing=0.5)  # few log points: light smoothing
         plots[x] = name
     seeds = sorted({r.seed for row in rows for r in row.runs})
     n_seeds = len(seeds)
@@ -675,15 +674,27 @@ def register_cli(sub: Any, commands: dict[str, Any]) -> None:
         "--variant",
         action="append",
         nargs="+",
-        metavar="NAME KEY=VALUE",
+        metavar=("NAME", "KEY=VALUE"),
         help="one more named row with its settings, e.g. --variant seed_adamw optim.name=adamw optim.lr=1e-3",
     )
-    g.add_argument("--budget-seconds", type=float, default=None, help="training seconds per run")
-    g.add_argument("--budget-tokens", type=float, default=None, help="training tokens per run (2e6 is fine)")
-    g.add_argument("--budget-steps", type=int, default=None, help="optimizer steps per run")
-    g.add_argument("--seeds", type=int, default=1, help="seeds per variant: the config's seed, +1, +2, ...")
-    g.add_argument("--target-loss", type=float, default=None, help="report time and tokens to this val loss")
-    g.add_argument("--out", default=None, help="compare directory (default: runs/compare-PRESET-HASH)")
+    g.add_argument("--budget-seconds", type=float, default=None, metavar="S", help="training seconds per run")
+    g.add_argument(
+        "--budget-tokens", type=float, default=None, metavar="N", help="training tokens per run (2e6 is fine)"
+    )
+    g.add_argument("--budget-steps", type=int, default=None, metavar="N", help="optimizer steps per run")
+    g.add_argument(
+        "--seeds", type=int, default=1, metavar="N", help="seeds per variant: the config's seed, +1, +2, ..."
+    )
+    g.add_argument(
+        "--target-loss",
+        type=float,
+        default=None,
+        metavar="LOSS",
+        help="report time and tokens to this val loss",
+    )
+    g.add_argument(
+        "--out", default=None, metavar="DIR", help="compare directory (default: runs/compare-PRESET-HASH)"
+    )
     g.add_argument("--overwrite", action="store_true", help="retrain every run instead of resuming")
     g.add_argument("--quiet", action="store_true", help="no per-run progress output")
     commands["compare"] = cmd_compare
