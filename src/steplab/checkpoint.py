@@ -406,6 +406,9 @@ def restore(
             ) from None
         for group, settings in zip(optimizer.param_groups, current, strict=True):
             group.update(settings)
+        from steplab.optim import train_mode
+
+        train_mode(optimizer)  # saved in eval mode (schedule-free): back to the point it steps from
     if loaded.rng is not None:
         set_rng_state(loaded.rng)
     return loaded.state

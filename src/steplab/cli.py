@@ -349,6 +349,7 @@ COMMAND_MODULES: list[str] = [
     "steplab.doctor",
     "steplab.datacmd",
     "steplab.tune.cli",
+    "steplab.compare",
 ]
 
 

@@ -4,12 +4,24 @@
 untied output head, vectors = norms and biases) with their weight decay and learning-rate
 multiplier; every optimizer is built from those groups, so the rule lives in one place. The
 training loop sets ``group["lr"] = peak_lr * schedule * group["lr_mult"]`` each step.
+
+Every builder takes ``(groups, cfg, device)`` and returns one `torch.optim.Optimizer`, so the
+loop, checkpoints and `set_lr` treat them all alike. Muon is two optimizers (Muon for the
+hidden matrices, AdamW for the rest) behind one `Chain`; schedule-free AdamW keeps two
+points and must be switched to its averaged point around evaluation and checkpoints
+(`eval_mode`).
+
+Weight decay: where the torch optimizer has only L2-coupled decay (Adam, Adagrad, RMSprop),
+decay is switched off rather than silently turned into an L2 penalty that the adaptive
+denominator would rescale; use `adamw` for decoupled decay. SGD keeps it (for SGD, L2 and
+decoupled decay coincide up to the learning rate).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -57,7 +69,18 @@ def param_groups(model: nn.Module, cfg: OptimConfig, model_cfg: ModelConfig | No
 # Which muP learning-rate rule an optimizer follows (Tensor Programs V, Table 8, with the
 # output multiplier 1/m in the model): "adam" for updates whose size does not depend on the
 # gradient's scale (Adam, AdamW, Lion, ...), "sgd" for updates proportional to the gradient.
-MUP_RULE: dict[str, str] = {"adamw": "adam", "adam": "adam", "sgd": "sgd"}
+MUP_RULE: dict[str, str] = {
+    "adamw": "adam",
+    "adam": "adam",
+    "sgd": "sgd",
+    "lion": "adam",  # sign updates: size independent of the gradient's scale
+    "muon": "adam",  # orthogonalised updates, RMS matched to AdamW
+    "schedulefree_adamw": "adam",
+    "adafactor": "adam",
+    "soap": "adam",
+    "adagrad": "adam",
+    "rmsprop": "adam",
+}
 
 
 def mup_lr_mults(optimizer: str, width_mult: float) -> dict[str, float]:
@@ -81,13 +104,120 @@ def mup_lr_mults(optimizer: str, width_mult: float) -> dict[str, float]:
     return {"matrix": 1.0 / m, "embed": 1.0, "head": 1.0, "vector": 1.0}
 
 
-def _fast_kwargs(device: torch.device) -> dict[str, Any]:
-    """Fused kernels on CUDA, foreach on CPU (one multi-tensor op instead of a Python loop)."""
-    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+def split_for_muon(groups: Groups) -> tuple[Groups, Groups]:
+    """(Muon groups, AdamW groups): Muon orthogonalises the 2-D hidden matrices only.
+
+    Embeddings are lookup tables (one row per token, not a linear map of the residual stream)
+    and the head maps to a vocabulary; Muon's authors optimise both, plus norms and biases,
+    with AdamW. The hidden matrices are exactly `param_groups`' "matrix" group.
+    """
+    muon = [g for g in groups if g["name"] == "matrix"]
+    assert all(p.dim() == 2 for g in muon for p in g["params"]), "Muon takes 2-D matrices only"
+    return muon, [g for g in groups if g["name"] != "matrix"]
+
+
+class Chain(torch.optim.Optimizer):
+    """Several optimizers over disjoint parameter groups, driven as one.
+
+    `param_groups` is the children's groups in order (the same dicts, so `set_lr` reaches
+    them), `state_dict` nests the children's, and `step`/`zero_grad` call each child.
+    """
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:  # noqa: D107 - no super().__init__
+        self.optimizers = list(optimizers)
+        self.defaults: dict[str, Any] = {}
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]  # children's, live
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    @property
+    def state(self) -> dict[Any, Any]:  # type: ignore[override]
+        return {p: s for o in self.optimizers for p, s in o.state.items()}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for o in self.optimizers:
+            o.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"chain": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        parts = state_dict["chain"]  # KeyError for another optimizer's state: reported by restore()
+        if len(parts) != len(self.optimizers):
+            raise ValueError(f"state holds {len(parts)} optimizers, this chain has {len(self.optimizers)}")
+        for o, sd in zip(self.optimizers, parts, strict=True):
+            o.load_state_dict(sd)
+
+    def __repr__(self) -> str:
+        return f"Chain({', '.join(type(o).__name__ for o in self.optimizers)})"
+
+
+# --- schedule-free optimizers keep two points: train at y, evaluate and save at x -------------
+
+
+def has_modes(opt: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer has train/eval modes (schedule-free), directly or inside a Chain."""
+    if isinstance(opt, Chain):
+        return any(has_modes(o) for o in opt.optimizers)
+    return callable(getattr(opt, "train", None)) and callable(getattr(opt, "eval", None))
+
+
+def _each(opt: torch.optim.Optimizer) -> list[torch.optim.Optimizer]:
+    return opt.optimizers if isinstance(opt, Chain) else [opt]
+
+
+def train_mode(opt: torch.optim.Optimizer) -> None:
+    """Put the weights at the point the optimizer steps from (a no-op for most optimizers)."""
+    for o in _each(opt):
+        if has_modes(o):
+            o.train()  # type: ignore[attr-defined]
+
+
+@contextmanager
+def eval_mode(opt: torch.optim.Optimizer) -> Iterator[None]:
+    """Evaluate and checkpoint the weights a schedule-free optimizer would return, then go back.
+
+    Schedule-free AdamW trains at an interpolation y of its iterate z and the average x; the
+    model to evaluate, sample and save is x. A no-op for optimizers without modes.
+    """
+    modal = [o for o in _each(opt) if has_modes(o)]
+    for o in modal:
+        o.eval()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for o in modal:
+            o.train()  # type: ignore[attr-defined]
+
+
+# --- builders -------------------------------------------------------------------------------
+
+
+def _fast_kwargs(device: torch.device, *, fused: bool = True) -> dict[str, Any]:
+    """Fused kernels on CUDA where torch has them, else foreach (one multi-tensor op per group)."""
+    return {"fused": True} if (fused and device.type == "cuda") else {"foreach": True}
 
 
 def _initial_lr(cfg: OptimConfig) -> float:
     return cfg.lr if isinstance(cfg.lr, float) else 1e-3
+
+
+def _no_decay(groups: Groups) -> Groups:
+    """For optimizers whose weight decay is an L2 term in the gradient (see the module doc)."""
+    for g in groups:
+        g["weight_decay"] = 0.0
+    return groups
 
 
 def build_adamw(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -97,11 +227,12 @@ def build_adamw(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch
 
 
 def build_adam(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Adam with L2-coupled decay: weight decay off unless set on the groups (it would be L2)."""
-    for g in groups:
-        g["weight_decay"] = 0.0
     return torch.optim.Adam(
-        groups, lr=_initial_lr(cfg), betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **_fast_kwargs(device)
+        _no_decay(groups),
+        lr=_initial_lr(cfg),
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        **_fast_kwargs(device),
     )
 
 
@@ -115,16 +246,122 @@ def build_sgd(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.o
     )
 
 
+def build_adagrad(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    # torch's fused Adagrad is CPU-only, so foreach everywhere.
+    return torch.optim.Adagrad(_no_decay(groups), lr=_initial_lr(cfg), eps=cfg.eps, foreach=True)
+
+
+def build_rmsprop(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """RMSprop with `beta2` as its smoothing constant (torch's `alpha`) and no momentum.
+
+    Without bias correction the first steps divide by a tiny running mean: the warm-up
+    of the schedule is what keeps them small.
+    """
+    return torch.optim.RMSprop(
+        _no_decay(groups), lr=_initial_lr(cfg), alpha=cfg.beta2, eps=cfg.eps, momentum=0.0, foreach=True
+    )
+
+
+def build_lion(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Lion (Chen et al. 2023): the sign of an interpolated momentum, decoupled weight decay.
+
+    Every coordinate moves by exactly lr per step, so its learning rate is 3-10x below AdamW's.
+    """
+    from pytorch_optimizer import Lion
+
+    return Lion(groups, lr=_initial_lr(cfg), betas=(cfg.beta1, cfg.beta2), weight_decouple=True)
+
+
+def build_muon(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """torch's Muon on the hidden matrices, AdamW on embeddings, head, norms and biases.
+
+    Muon scales its orthogonalised update with ``adjust_lr_fn="match_rms_adamw"`` (Moonshot's
+    0.2 * sqrt(max(A, B))), which gives it AdamW's update size per element: one peak learning
+    rate and one weight decay serve both halves, and `set_lr` needs no special case. Muon's
+    momentum is `--optim.momentum`, always with Nesterov.
+    """
+    muon_groups, adam_groups = split_for_muon(groups)
+    lr = _initial_lr(cfg)
+    parts: list[torch.optim.Optimizer] = []
+    if muon_groups:
+        parts.append(
+            torch.optim.Muon(
+                muon_groups, lr=lr, momentum=cfg.momentum, nesterov=True, adjust_lr_fn="match_rms_adamw"
+            )
+        )
+    if adam_groups:
+        parts.append(build_adamw(adam_groups, cfg, device))
+    return Chain(*parts)
+
+
+def build_schedulefree_adamw(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Schedule-free AdamW (Defazio et al. 2024): no decay schedule needed, only warm-up.
+
+    Use it with ``--schedule constant`` (its warm-up comes from the schedule); the loop switches
+    it to its averaged weights for evaluation and checkpoints (`eval_mode`).
+    """
+    from schedulefree import AdamWScheduleFree
+
+    opt = AdamWScheduleFree(
+        groups, lr=_initial_lr(cfg), betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, warmup_steps=0, foreach=True
+    )
+    opt.train()
+    return opt
+
+
+def build_adafactor(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """torch's Adafactor: factored second moments (row and column means), decoupled decay.
+
+    Its step is relative to each parameter's RMS, and `lr` caps the relative step size.
+    """
+    return torch.optim.Adafactor(groups, lr=_initial_lr(cfg), foreach=True)
+
+
+def build_soap(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """SOAP (Vyas et al. 2024): Adam in the eigenbasis of Shampoo's preconditioner.
+
+    A second-order method: per matrix it keeps two Kronecker factors and their eigenvectors,
+    refreshed every 10 steps. Its first step only initialises the preconditioner (no update).
+    Matrices larger than 10000 on a side (a big vocabulary) fall back to Adam on that side.
+    """
+    from pytorch_optimizer import SOAP
+
+    return SOAP(
+        groups, lr=_initial_lr(cfg), betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, precondition_frequency=10
+    )
+
+
 Builder = Callable[[Groups, OptimConfig, torch.device], torch.optim.Optimizer]
 
 OPTIMIZERS: dict[str, Builder] = {
     "adamw": build_adamw,
     "adam": build_adam,
     "sgd": build_sgd,
+    "adagrad": build_adagrad,
+    "rmsprop": build_rmsprop,
+    "lion": build_lion,
+    "muon": build_muon,
+    "schedulefree_adamw": build_schedulefree_adamw,
+    "adafactor": build_adafactor,
+    "soap": build_soap,
 }
 
-# A learning rate that works for each optimizer on the default model when the user sets none.
-DEFAULT_LR: dict[str, float] = {"adamw": 1e-3, "adam": 1e-3, "sgd": 0.3}
+# The peak learning rate each optimizer gets when the user sets none (`steplab compare`).
+# From benchmarks/lr_sweep.sh on the shakespeare_char model (4 x 128, cosine): the best of a
+# 1000-step sweep for adamw, muon, lion, sgd, adagrad and rmsprop, of a 300-step sweep for
+# the others; within 0.01 nats the smaller lr. Figures and commands: docs/optimizers.md.
+DEFAULT_LR: dict[str, float] = {
+    "adamw": 3e-3,
+    "adam": 3e-3,
+    "sgd": 0.1,
+    "adagrad": 3e-2,
+    "rmsprop": 3e-3,
+    "lion": 1e-3,
+    "muon": 1e-2,
+    "schedulefree_adamw": 1e-2,
+    "adafactor": 0.1,
+    "soap": 1e-2,
+}
 
 
 def build_optimizer(
@@ -142,3 +379,18 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     """Apply a peak-times-schedule learning rate to every group, with its multiplier."""
     for g in opt.param_groups:
         g["lr"] = lr * g.get("lr_mult", 1.0)
+
+
+def state_bytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes of tensors the optimizer keeps per parameter (momenta, second moments, factors)."""
+
+    def size(v: Any) -> int:
+        if isinstance(v, torch.Tensor):
+            return v.numel() * v.element_size()
+        if isinstance(v, (list, tuple)):
+            return sum(size(x) for x in v)
+        if isinstance(v, dict):
+            return sum(size(x) for x in v.values())
+        return 0
+
+    return sum(size(s) for s in opt.state.values())

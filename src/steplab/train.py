@@ -32,7 +32,7 @@ from steplab.errors import ConfigError, DataError, SteplabError
 from steplab.evaluate import mean_loss, summarize
 from steplab.guard import Guard, snapshot, update_ratio
 from steplab.model import GPT, count_params, flops_per_token, matmul_params
-from steplab.optim import build_optimizer, set_lr
+from steplab.optim import build_optimizer, eval_mode, set_lr
 from steplab.runs import process_identity
 from steplab.runtime import (
     autocast,
@@ -215,7 +215,8 @@ def evaluate(s: Session) -> dict[str, float]:
         per_rank = len(x) // s.dist.world_size  # equal shares: FSDP needs the same number of forwards
         rows = slice(s.dist.rank * per_rank, (s.dist.rank + 1) * per_rank)
         x, y = x[rows], y[rows]
-    loss = mean_loss(s.model, x, y, batch_size=s.cfg.eval.batch_size, device=s.device, amp=s.amp())
+    with eval_mode(s.optimizer):  # schedule-free optimizers evaluate their averaged weights
+        loss = mean_loss(s.model, x, y, batch_size=s.cfg.eval.batch_size, device=s.device, amp=s.amp())
     if s.dist.enabled:
         loss = float(dist_mod.all_reduce(torch.tensor(loss, dtype=torch.float64, device=s.device)).item())
     return summarize(loss, s.data.bytes_per_token)
@@ -384,25 +385,26 @@ def fit(
         nonlocal saved_at
         if run_dir is None or saved_at == state.step:
             return
-        # Under torchrun every rank takes part in gathering the full state; rank 0 writes it.
-        msd, osd = dist_mod.full_state(s.model, s.optimizer) if s.dist.enabled else (None, None)
-        if not s.is_main:
-            saved_at = state.step
-            return
-        keep = {state.best_step} if (cfg.checkpoint.keep_best and state.best_step is not None) else set()
-        state.metrics_lines = count_records(run_dir / "metrics.jsonl")
-        ckpt.save(
-            run_dir,
-            model=s.model,
-            optimizer=s.optimizer,
-            model_state=msd,
-            optim_state=osd,
-            state=state,
-            cfg=cfg,
-            tokenizer=s.data.tokenizer,
-            keep_last=cfg.checkpoint.keep_last,
-            keep=keep,
-        )
+        with eval_mode(s.optimizer):  # a checkpoint holds the weights to evaluate and sample
+            # Under torchrun every rank takes part in gathering the full state; rank 0 writes it.
+            msd, osd = dist_mod.full_state(s.model, s.optimizer) if s.dist.enabled else (None, None)
+            if s.is_main:
+                keep = (
+                    {state.best_step} if (cfg.checkpoint.keep_best and state.best_step is not None) else set()
+                )
+                state.metrics_lines = count_records(run_dir / "metrics.jsonl")
+                ckpt.save(
+                    run_dir,
+                    model=s.model,
+                    optimizer=s.optimizer,
+                    model_state=msd,
+                    optim_state=osd,
+                    state=state,
+                    cfg=cfg,
+                    tokenizer=s.data.tokenizer,
+                    keep_last=cfg.checkpoint.keep_last,
+                    keep=keep,
+                )
         saved_at = state.step
         if guard is not None:
             guard.note_checkpoint()

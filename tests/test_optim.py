@@ -1,0 +1,203 @@
+"""Optimizer conformance: every registered optimizer learns, resumes exactly, is deterministic for
+a seed and honours the parameter groups; Muon's split and schedule-free's modes work in the loop."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+from steplab import checkpoint as ckpt
+from steplab.cli import main
+from steplab.config import RunConfig
+from steplab.evaluate import mean_loss
+from steplab.model import GPT
+from steplab.optim import (
+    DEFAULT_LR,
+    OPTIMIZERS,
+    Chain,
+    build_optimizer,
+    eval_mode,
+    param_groups,
+    set_lr,
+    split_for_muon,
+    state_bytes,
+    train_mode,
+)
+from steplab.train import Callback, Session, StopTraining, build, train, train_step
+
+NAMES = sorted(OPTIMIZERS)
+# Optimizers whose weight decay is decoupled (the rest have L2-coupled decay, switched off).
+DECAYING = {"adamw", "sgd", "lion", "muon", "schedulefree_adamw", "adafactor", "soap"}
+
+
+def session(cfg: RunConfig, name: str, **optim: float) -> Session:
+    cfg.optim.name, cfg.optim.lr = name, DEFAULT_LR[name]
+    for k, v in optim.items():
+        setattr(cfg.optim, k, v)
+    return build(cfg)
+
+
+def run(s: Session, steps: int, start: int = 0) -> list[float]:
+    """`steps` loop steps from `start`: schedule, then the shared train step."""
+    losses = []
+    for step in range(start, start + steps):
+        set_lr(s.optimizer, s.peak_lr * s.schedule(step, step / 40))
+        out = train_step(s.model, s.optimizer, s.micro_batches(step), grad_clip=1.0)
+        losses.append(out.loss.item())
+    return losses
+
+
+def test_registry_has_every_family_and_a_default_lr() -> None:
+    assert {"sgd", "adagrad", "rmsprop", "adam", "adamw", "lion", "muon"} <= set(OPTIMIZERS)
+    assert {"schedulefree_adamw", "adafactor", "soap"} <= set(OPTIMIZERS)
+    assert set(DEFAULT_LR) == set(OPTIMIZERS) and all(v > 0 for v in DEFAULT_LR.values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lowers_the_loss_of_a_tiny_model(name: str, tiny_cfg: RunConfig) -> None:
+    losses = run(session(tiny_cfg, name), 40)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    start, end = losses[0], sum(losses[-5:]) / 5
+    assert end < start - 0.4, (name, start, end)  # from ln(65) = 4.17 at step 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip_gives_the_same_next_step(name: str, tiny_cfg: RunConfig) -> None:
+    a = session(tiny_cfg, name)
+    run(a, 12)  # past SOAP's first preconditioner refresh (every 10 steps)
+    buf = io.BytesIO()
+    with eval_mode(a.optimizer):  # as the loop saves a checkpoint
+        torch.save({"model": a.model.state_dict(), "optim": a.optimizer.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)  # what checkpoint.load accepts
+    b = build(a.cfg)
+    b.model.load_state_dict(saved["model"])
+    b.optimizer.load_state_dict(saved["optim"])
+    train_mode(b.optimizer)  # as restore() does
+    assert run(a, 2, start=12) == run(b, 2, start=12)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert state_bytes(b.optimizer) == state_bytes(a.optimizer) > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deterministic_for_a_seed(name: str, tiny_cfg: RunConfig) -> None:
+    first = run(session(tiny_cfg, name), 6)
+    assert run(session(tiny_cfg, name), 6) == first
+    tiny_cfg.train.seed += 1
+    assert run(session(tiny_cfg, name), 6) != first
+
+
+def _zero_grad_steps(s: Session, steps: int) -> None:
+    for _ in range(steps):
+        set_lr(s.optimizer, s.peak_lr)
+        for p in s.model.parameters():
+            p.grad = torch.zeros_like(p)
+        s.optimizer.step()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_weight_decay_only_on_matrices(name: str, tiny_cfg: RunConfig) -> None:
+    tiny_cfg.model.tie_embeddings = False
+    s = session(tiny_cfg, name, weight_decay=0.5)
+    groups = {
+        g["name"]: [p.detach().clone() for p in g["params"]] for g in param_groups(s.model, s.cfg.optim)
+    }
+    _zero_grad_steps(s, 3)  # a zero gradient leaves only the decay to move anything
+    now = {g["name"]: g["params"] for g in param_groups(s.model, s.cfg.optim)}
+    for group in ("vector", "embed"):
+        assert all(torch.equal(a, b) for a, b in zip(groups[group], now[group], strict=True)), group
+    shrunk = [b.norm() < a.norm() for a, b in zip(groups["matrix"], now["matrix"], strict=True)]
+    assert all(shrunk) if name in DECAYING else not any(shrunk)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lr_multipliers_scale_only_their_group(name: str, tiny_cfg: RunConfig) -> None:
+    tiny_cfg.model.tie_embeddings = False
+
+    def moved(embed_mult: float, head_mult: float) -> dict[str, list[torch.Tensor]]:
+        s = session(tiny_cfg, name, weight_decay=0.0, embed_lr_mult=embed_mult, head_lr_mult=head_mult)
+        start = {n: p.detach().clone() for n, p in s.model.named_parameters()}
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):  # fixed gradients: each parameter's path depends on its own lr only
+            set_lr(s.optimizer, s.peak_lr)
+            for p in s.model.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+            s.optimizer.step()
+        out: dict[str, list[torch.Tensor]] = {}
+        for n, p in s.model.named_parameters():
+            key = "embed" if n.startswith(("wte", "wpe")) else "head" if n.startswith("lm_head") else "rest"
+            out.setdefault(key, []).append(p.detach() - start[n])
+        return out
+
+    base, scaled = moved(1.0, 1.0), moved(0.25, 0.5)
+    assert all(torch.equal(a, b) for a, b in zip(base["rest"], scaled["rest"], strict=True))
+    for key, mult in (("embed", 0.25), ("head", 0.5)):
+        for a, b in zip(base[key], scaled[key], strict=True):
+            ratio = float(b.norm() / a.norm())
+            assert ratio == pytest.approx(mult, rel=0.15), (key, ratio)
+
+
+def test_muon_splits_hidden_matrices_from_the_rest(tiny_cfg: RunConfig) -> None:
+    tiny_cfg.model.vocab_size, tiny_cfg.model.tie_embeddings = 20, False
+    model = GPT(tiny_cfg.model)
+    muon, adam = split_for_muon(param_groups(model, tiny_cfg.optim))
+    matrices = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)} - {
+        id(model.lm_head.weight)
+    }
+    assert {id(p) for g in muon for p in g["params"]} == matrices
+    assert {g["name"] for g in adam} == {"embed", "head", "vector"}
+    tiny_cfg.optim.name = "muon"
+    opt = build_optimizer(model, tiny_cfg.optim, torch.device("cpu"))
+    assert isinstance(opt, Chain)
+    assert [type(o).__name__ for o in opt.optimizers] == ["Muon", "AdamW"]
+    set_lr(opt, 0.01)
+    assert {g["name"]: g["lr"] for g in opt.param_groups}["matrix"] == 0.01
+
+
+class StopAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_log(self, s, state, record) -> None:  # noqa: ANN001
+        if state.step == self.step:
+            raise StopTraining
+
+
+@pytest.mark.parametrize("name", ["schedulefree_adamw", "muon"])
+def test_loop_resume_is_exact_and_checkpoints_hold_the_evaluated_weights(
+    name: str, tmp_path: Path, tiny_cfg: RunConfig
+) -> None:
+    tiny_cfg.optim.name, tiny_cfg.optim.lr = name, DEFAULT_LR[name]
+    full = train(tiny_cfg, tmp_path / "full")
+    assert train(tiny_cfg, tmp_path / "part", callbacks=[StopAt(30)]).status == "stopped"
+    resumed = train(tiny_cfg, tmp_path / "part", resume=True)
+    assert resumed.final["val_loss"] == full.final["val_loss"]
+    # The saved weights are the ones evaluated (schedule-free: the average x, not the point y).
+    loaded = ckpt.load(ckpt.latest(tmp_path / "part"))
+    model = GPT(loaded.cfg.model)
+    ckpt.load_weights(model, loaded.weights, loaded.path)
+    s = build(loaded.cfg)
+    loss = mean_loss(model, *s.val, batch_size=256, device=torch.device("cpu"))
+    assert loss == pytest.approx(full.final["val_loss"], abs=1e-6)
+
+
+def test_schedulefree_eval_mode_switches_weights_and_back(tiny_cfg: RunConfig) -> None:
+    s = session(tiny_cfg, "schedulefree_adamw")
+    run(s, 5)
+    y = [p.detach().clone() for p in s.model.parameters()]
+    with eval_mode(s.optimizer):
+        x = [p.detach().clone() for p in s.model.parameters()]
+    back = list(s.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(y, x, strict=True))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(y, back, strict=True))
+
+
+def test_unknown_optimizer_is_one_line_listing_the_names(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--preset", "tiny", "--optim.name", "adamx"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown optimizer 'adamx'" in err
+    assert all(n in err for n in OPTIMIZERS)
