@@ -16,13 +16,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 
-from steplab.tune.search import open_storage
+from steplab.config import RunConfig, dump_toml
+from steplab.tune.search import Param, TuneSpec, open_storage, run_worker, tally
 
 S = optuna.trial.TrialState
 
@@ -144,3 +146,41 @@ def test_two_workers_share_a_postgres_study(tmp_path: Path, postgres_url: str) -
     assert pids == {p.pid for p in procs}, by_worker  # each process ran some of the trials
     params = [tuple(sorted(t.params.items())) for t in finished]
     assert len(set(params)) == len(params)  # the workers' samplers are seeded apart
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_without_heartbeat_is_retried_by_a_worker(
+    postgres_url: str, tmp_path: Path, tiny_cfg: RunConfig
+) -> None:
+    """A worker on another machine died mid-trial (its heartbeat is an hour old): the next
+    worker fails that trial, runs its retry with the same parameters, and the failure is not
+    counted against the study."""
+    lr = Param("optim.lr", "log_float", 1e-3, 3e-2)
+    storage = open_storage(postgres_url, tmp_path)
+    study = optuna.create_study(study_name="stale", storage=storage)
+    dead = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True)})
+    dead.set_user_attr("worker", "another-host:1:1")  # not a local pid: only the heartbeat can tell
+    storage.record_heartbeat(dead._trial_id)
+    import sqlalchemy
+
+    with storage.engine.begin() as conn:  # as if the worker stopped beating an hour ago
+        conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = heartbeat - interval '1 hour'"))
+    tiny_cfg.train.max_steps, tiny_cfg.eval.every, tiny_cfg.eval.max_windows = 10, 5, 16
+    spec = TuneSpec(
+        base_toml=dump_toml(tiny_cfg),
+        space=[lr],
+        study_name="stale",
+        study_dir=str(tmp_path / "study"),
+        storage=postgres_url,
+        trials=1,
+        pruner="none",
+    )
+    # a thread, so that a worker that never sees the trial as stale (and waits) fails the test
+    worker = threading.Thread(target=run_worker, args=(spec,), kwargs={"quiet": True}, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the worker still waits for the dead worker's trial"
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [S.FAIL, S.COMPLETE]
+    assert trials[1].params == dead.params and trials[1].system_attrs["retry_history"] == [0]
+    assert tally(trials).failed == 0
