@@ -5,17 +5,18 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 
-HFSTAMP := $(VENV)/.installed-hf
+HFSTAMP := $(VENV)/.installed-hf-postgres
 
 .PHONY: install install-hf run test lint clean
 
 install: $(STAMP)
 
-# The test suite also runs the Hugging Face export and dataset tests (the `hf` extra).
+# The test suite also runs the Hugging Face export and dataset tests (the `hf` extra) and the
+# many-worker tuning test on a PostgreSQL server (the `postgres` extra: the psycopg2 driver).
 install-hf: $(HFSTAMP)
 
 $(HFSTAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,hf]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,hf,postgres]"
 	touch $(HFSTAMP)
 
 # Re-install only when the package metadata changes (or the venv is missing).

@@ -14,17 +14,21 @@ import pytest
 
 from steplab.cli import main
 from steplab.config import RunConfig, dump_toml, load_toml
-from steplab.errors import ConfigError
+from steplab.errors import ConfigError, SteplabError
 from steplab.tune.search import (
+    Objective,
     Param,
+    Stopper,
     TuneSpec,
     apply,
     open_storage,
     open_study,
     parse_space,
+    postgres_url,
     recover_dead_trials,
     run_study,
     sample,
+    tally,
     worker_alive,
     worker_id,
     write_outputs,
@@ -105,6 +109,12 @@ def test_storage_choices(tmp_path: Path) -> None:
     except ImportError:
         with pytest.raises(ConfigError, match="steplab\\[postgres\\]"):
             open_storage("postgresql://u@h/db", tmp_path)
+    else:  # the driver is named for SQLAlchemy; an unreachable server is one line, no password
+        assert postgres_url("postgresql://u@h:5432/db") == "postgresql+psycopg2://u@h:5432/db"
+        assert postgres_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+        with pytest.raises(SteplabError, match=r"cannot open postgresql://u:\*\*\*@127.0.0.1:1/db: ") as e:
+            open_storage("postgresql://u:secret@127.0.0.1:1/db", tmp_path)
+        assert "secret" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_study_runs_resumes_and_writes_a_best_config(tmp_path: Path, tiny_cfg: RunConfig) -> None:
@@ -220,3 +230,31 @@ def test_tune_command_errors_are_one_line(tmp_path: Path, capsys) -> None:  # no
     argv = ["tune", "--preset", "tiny", "--space", space, "--storage", "sqlite:///x.db", "--workers", "2"]
     assert main([*argv, "--dir", str(tmp_path / "s")]) == 2
     assert "sqlite" in capsys.readouterr().err
+
+
+def test_workers_claim_at_most_the_trials_the_study_needs(tmp_path: Path) -> None:
+    """--trials counts finished trials of all workers; running ones are claims, a trial created
+    by a racing worker beyond them is surplus, and retried or surplus failures do not count."""
+    study = optuna.create_study(storage=open_storage(None, tmp_path), study_name="claims")
+    stopper = Stopper(target=2, max_failures=5)
+    a, b = study.ask(), study.ask()
+    assert not stopper.surplus(a) and not stopper.surplus(b)
+    assert not stopper.room(study) and not stopper.finished(study)  # two running: wait for them
+    objective = Objective(RunConfig(), [Param("optim.lr", "float", 0.1, 0.2)], tmp_path, stopper=stopper)
+    study.optimize(objective, n_trials=1, catch=(Exception,))  # as a worker that raced the other two
+    c = study.get_trials()[-1]
+    assert c.state == S.FAIL and c.user_attrs["failure"] == "surplus" and not c.params  # not trained
+    study.tell(a, 1.0)
+    study.tell(b, state=S.FAIL)  # a dead worker's trial, enqueued again
+    study.enqueue_trial({}, user_attrs={"retry_of": b.number})
+    counts = tally(study.get_trials())
+    assert (counts.done, counts.running, counts.waiting, counts.failed) == (1, 0, 1, 0)
+    assert stopper.room(study) and not stopper.finished(study)
+    retry = study.ask()  # the queue comes first
+    assert retry.number == 3 and not stopper.surplus(retry)
+    study.tell(retry, 2.0)
+    assert stopper.finished(study) and "2 finished trials" in stopper.reason
+    crashed = optuna.create_study(storage=open_storage(None, tmp_path), study_name="crashes")
+    for _ in range(5):
+        crashed.tell(crashed.ask(), state=S.FAIL)
+    assert stopper.finished(crashed) and "5 trials failed" in stopper.reason

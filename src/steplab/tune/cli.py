@@ -262,14 +262,24 @@ def register_cli(sub: Any, commands: dict[str, Any]) -> None:
         "--space", required=True, help="search space TOML ([optim.lr] type='log_float' low=.. high=..)"
     )
     p.add_argument(
-        "--trials", type=int, default=20, help="finished trials the study should hold (default: 20)"
+        "--trials",
+        type=int,
+        default=20,
+        help="finished trials the study should hold, all workers together (default: 20)",
     )
     p.add_argument("--budget-seconds", type=float, default=None, help="training seconds per trial")
     p.add_argument("--budget-steps", type=int, default=None, help="optimizer steps per trial")
-    p.add_argument("--storage", default=None, help="journal file path, sqlite:///FILE or postgresql://...")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="journal file path (default: STUDY_DIR/journal.log), sqlite:///FILE, or "
+        "postgresql://USER@HOST:PORT/DB for workers on many machines",
+    )
     p.add_argument("--study", default=None, help="study name (default: PRESET-SPACE)")
     p.add_argument("--dir", default=None, help="study directory (default: runs/tune/STUDY)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument(
+        "--workers", type=int, default=1, help="local worker processes on the journal or postgresql storage"
+    )
     p.add_argument("--sampler", default="tpe", help="tpe or random")
     p.add_argument("--pruner", default="median", help="median, halving or none")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")

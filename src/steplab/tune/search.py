@@ -17,8 +17,14 @@ Storage: a journal file in the study directory by default, so running the same c
 resumes the study (and N local worker processes can share it safely); ``sqlite:///…`` for
 one process, ``postgresql://…`` for workers on many machines (RDB storages get Optuna's
 heartbeat, and a dead worker's trial is failed and retried). Journal storage has no
-heartbeat, so each trial records its worker (host, pid, process start time) and a new run of
-the command fails and re-enqueues the trials of workers on this host that no longer exist.
+heartbeat, so each trial records its worker (host, pid, process start time) and the workers
+fail and re-enqueue the trials of workers on this host that no longer exist.
+
+``--trials N`` is the number of finished (complete or pruned) trials the study should hold,
+all workers together, as Optuna's MaxTrialsCallback counts. A worker starts a trial only
+while finished plus running trials are fewer than N, and a trial that a race between two
+workers' claims makes the (N+1)-th is failed as "surplus" before it trains. A worker whose
+next trial is not needed waits for the others' running trials: if one dies, its retry runs.
 
 A trial that diverges is pruned (the sampler learns the region is bad); one that runs out of
 memory or raises is recorded as failed; either way the study goes on.
@@ -31,9 +37,12 @@ import dataclasses
 import json
 import math
 import os
+import random
 import shutil
 import socket
+import time
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +157,12 @@ def apply(base: RunConfig, params: dict[str, Any]) -> RunConfig:
 # --- storage and workers ---------------------------------------------------------------------
 
 
-def open_storage(spec: str | None, study_dir: Path, *, workers: int = 1) -> Any:
+HEARTBEAT_S, GRACE_S = 30, 120  # RDB: a trial without a heartbeat for GRACE_S is failed and retried
+
+
+def open_storage(
+    spec: str | None, study_dir: Path, *, workers: int = 1, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S
+) -> Any:
     """Journal file (default, or a path / ``journal:PATH``), or an RDB URL with heartbeat."""
     optuna = _optuna()
     if spec is None or spec.startswith("journal:") or "://" not in spec:
@@ -162,19 +176,65 @@ def open_storage(spec: str | None, study_dir: Path, *, workers: int = 1) -> Any:
             "--storage sqlite does not take concurrent writers safely; use the default journal storage "
             "for --workers > 1 (or postgresql:// for many machines)"
         )
-    if spec.startswith("postgresql"):
+    url = postgres_url(spec) if spec.startswith(("postgresql", "postgres:")) else spec
+    return _rdb_storage(url, heartbeat, grace, shown=spec)
+
+
+def postgres_url(url: str) -> str:
+    """A PostgreSQL URL with the driver named: SQLAlchemy 2.1 reads a bare ``postgresql://``
+    as psycopg 3, while the `postgres` extra installs psycopg2."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):
+        return url  # postgresql+DRIVER://: the user chose
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
         try:
-            import psycopg2  # noqa: F401
+            import psycopg  # noqa: F401
         except ImportError:
             raise ConfigError(
                 "--storage postgresql:// needs a driver: pip install 'steplab[postgres]'"
             ) from None
-    return optuna.storages.RDBStorage(
-        spec,
-        heartbeat_interval=30,
-        grace_period=120,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
-    )
+        return f"postgresql+psycopg{sep}{rest}"
+    return f"postgresql+psycopg2{sep}{rest}"
+
+
+def _rdb_storage(url: str, heartbeat: int, grace: int, *, shown: str, attempts: int = 5) -> Any:
+    """RDBStorage with heartbeat and retried stale trials.
+
+    Workers that start together on a fresh database race to create Optuna's tables, and
+    PostgreSQL's ``CREATE TABLE IF NOT EXISTS`` is not atomic: the loser gets a duplicate-key
+    error. Trying again finds the tables made, so such errors are retried a few times.
+    """
+    optuna = _optuna()
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    # optuna 4.9 renamed the retry callback and its keyword; the old names warn
+    if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+        retry_cls, keyword = (
+            optuna.storages.RetryHeartbeatStaleTrialCallback,
+            "heartbeat_stale_trial_callback",
+        )
+    else:
+        retry_cls, keyword = optuna.storages.RetryFailedTrialCallback, "failed_trial_callback"
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+                retry = retry_cls(max_retry=2)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=heartbeat, grace_period=grace, **{keyword: retry}
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * 2**attempt * (1 + random.random()))  # jitter: the racers do not retry in step
+        except sqlalchemy.exc.OperationalError as e:
+            reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
+            where = make_url(shown).render_as_string(hide_password=True)
+            raise SteplabError(f"--storage: cannot open {where}: {reason}") from None
+    raise AssertionError("unreachable")
 
 
 def _start_time(pid: int) -> str:
@@ -263,10 +323,14 @@ class Objective:
     space: list[Param]
     study_dir: Path
     keep_checkpoints: bool = False
+    stopper: Stopper | None = None  # when given, a trial the study does not need is not run
 
     def __call__(self, trial: Any) -> float:
         optuna = _optuna()
         trial.set_user_attr("worker", worker_id())
+        if self.stopper is not None and self.stopper.surplus(trial):
+            trial.set_user_attr("failure", "surplus")
+            raise Surplus(f"the study already has --trials {self.stopper.target} trials; not run")
         params = sample(trial, self.space)
         run_dir = self.study_dir / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
@@ -297,36 +361,79 @@ class Objective:
         return float(val)
 
 
-RETRIED = ("worker died", "interrupted")  # failures that are enqueued again, not counted
+class Surplus(Exception):
+    """A trial created after the study had all the trials it needs (two workers raced)."""
+
+
+@dataclass(frozen=True)
+class Tally:
+    done: int  # complete or pruned: what --trials counts
+    running: int
+    waiting: int
+    failed: int  # failures that count against max_failures: not retried, not surplus
+
+
+def tally(trials: Sequence[Any]) -> Tally:
+    """Count a study's trials. A failed trial that was enqueued again (a dead worker's, an
+    interrupted one) or that was never run (surplus) is not a failure of the search."""
+    S = _optuna().trial.TrialState
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:  # Optuna's retry callback (RDB heartbeat) records the chain here
+        retried.update(t.system_attrs.get("retry_history", ()))
+    return Tally(
+        done=sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials),
+        running=sum(t.state == S.RUNNING for t in trials),
+        waiting=sum(t.state == S.WAITING for t in trials),
+        failed=sum(
+            t.state == S.FAIL and t.number not in retried and t.user_attrs.get("failure") != "surplus"
+            for t in trials
+        ),
+    )
 
 
 class Stopper:
-    """Stops a worker once the study holds `target` finished (complete or pruned) trials, or
-    `max_failures` failed ones (not counting killed or interrupted trials: they are retried)."""
+    """Decides when a worker starts trials, waits, or returns, for a study that should hold
+    `target` finished (complete or pruned) trials, all workers together.
+
+    - a worker starts a trial while finished + running trials are fewer than `target`;
+    - it returns once `target` trials finished, or `max_failures` trials failed;
+    - between the two it waits: another worker's running trial may still die and be retried.
+    Two workers can both see room for one more trial and start one each; the trial with the
+    higher number is then the surplus (`surplus`) and fails before it trains.
+    """
 
     def __init__(self, target: int, max_failures: int):
         self.target, self.max_failures = target, max_failures
         self.reason = ""
 
-    def counts(self, study: Any) -> tuple[int, int]:
-        S = _optuna().trial.TrialState
-        trials = study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.FAIL))
-        done = sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials)
-        failed = sum(t.state == S.FAIL and t.user_attrs.get("failure") not in RETRIED for t in trials)
-        return done, failed
+    def counts(self, study: Any) -> Tally:
+        return tally(study.get_trials(deepcopy=False))
 
-    def should_stop(self, study: Any) -> bool:
-        done, failed = self.counts(study)
-        if done >= self.target:
-            self.reason = f"the study has {done} finished trials (--trials {self.target})"
-        elif failed >= self.max_failures:
-            self.reason = f"{failed} trials failed (their `failure` attribute says why)"
+    def finished(self, study: Any) -> bool:
+        c = self.counts(study)
+        if c.done >= self.target:
+            self.reason = f"the study has {c.done} finished trials (--trials {self.target})"
+        elif c.failed >= self.max_failures:
+            self.reason = f"{c.failed} trials failed (their `failure` attribute says why)"
         else:
             return False
         return True
 
-    def __call__(self, study: Any, trial: Any) -> None:
-        if self.should_stop(study):
+    def room(self, study: Any) -> bool:
+        """Whether the study needs another trial started now."""
+        c = self.counts(study)
+        return c.done + c.running < self.target and c.failed < self.max_failures
+
+    def surplus(self, trial: Any) -> bool:
+        """Whether `trial` (just created or popped from the queue) is one too many: trial
+        numbers order the workers' claims, so of two racing claims the later one yields."""
+        S = _optuna().trial.TrialState
+        live = (S.COMPLETE, S.PRUNED, S.RUNNING, S.WAITING)
+        before = [t for t in trial.study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
+        return len(before) >= self.target
+
+    def __call__(self, study: Any, trial: Any) -> None:  # after each trial
+        if not self.room(study):
             study.stop()
 
 
@@ -375,15 +482,38 @@ def open_study(spec: TuneSpec, *, worker: int = 0) -> Any:
     return optuna.create_study(
         study_name=spec.study_name,
         storage=storage,
-        sampler=SAMPLERS[spec.sampler](spec.seed + worker, spec.trials),  # workers must not share a seed
+        sampler=SAMPLERS[spec.sampler](
+            _sampler_seed(spec, worker), spec.trials
+        ),  # workers must not share a seed
         pruner=PRUNERS[spec.pruner](),
         direction="minimize",
         load_if_exists=True,
     )
 
 
-def run_worker(spec: TuneSpec, worker: int = 0, *, quiet: bool = False) -> None:
-    """One worker: recover dead workers' trials, then run trials until the study has enough."""
+def _sampler_seed(spec: TuneSpec, worker: int) -> int:
+    """`--seed` plus the local worker's index; on a shared RDB storage also the process's
+    identity, since workers on other machines are started with the same --seed (and would
+    otherwise draw the same random start-up points)."""
+    seed = spec.seed + worker
+    if spec.storage and "://" in spec.storage and not spec.storage.startswith("sqlite"):
+        seed += zlib.crc32(worker_id().encode())
+    return seed % 2**32
+
+
+def recover(study: Any) -> None:
+    """Retry the trials of dead workers: local ones by pid (any storage), others by missing
+    heartbeat (RDB storages; Optuna's RetryFailedTrialCallback enqueues them again)."""
+    optuna = _optuna()
+    recover_dead_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def run_worker(spec: TuneSpec, worker: int = 0, *, quiet: bool = False, poll: float = 2.0) -> None:
+    """One worker: run trials until the study holds `spec.trials` finished ones (or too many
+    failed), waiting out the other workers' running trials at the end."""
     optuna = _optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING if quiet else optuna.logging.INFO)
     from steplab.config import from_dict
@@ -392,14 +522,23 @@ def run_worker(spec: TuneSpec, worker: int = 0, *, quiet: bool = False) -> None:
     if spec.workers > 1 and base.train.threads is None:  # share the cores between the workers
         base.train.threads = max(1, (os.cpu_count() or 1) // spec.workers)
     study = open_study(spec, worker=worker)
-    recover_dead_trials(study)
     stopper = Stopper(spec.trials, spec.max_failures or max(5, spec.trials))
-    if stopper.should_stop(study):
-        return
-    objective = Objective(base, spec.space, Path(spec.study_dir), spec.keep_checkpoints)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
-        study.optimize(objective, callbacks=[stopper], catch=(Exception,), gc_after_trial=True)
+    objective = Objective(base, spec.space, Path(spec.study_dir), spec.keep_checkpoints, stopper)
+    told = False
+    while True:
+        recover(study)
+        if stopper.finished(study):
+            return
+        if stopper.room(study):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+                study.optimize(objective, callbacks=[stopper], catch=(Exception,), gc_after_trial=True)
+            continue
+        if not told and not quiet:
+            n = stopper.counts(study).running
+            print(f"worker {worker_id()}: waiting for {n} trials running on other workers", flush=True)
+            told = True
+        time.sleep(poll)  # another worker's trial finishes, or dies and is enqueued again
 
 
 def _worker_main(spec: TuneSpec, worker: int, quiet: bool) -> None:  # the spawned process's entry
@@ -408,6 +547,8 @@ def _worker_main(spec: TuneSpec, worker: int, quiet: bool) -> None:  # the spawn
 
 def run_study(spec: TuneSpec, *, quiet: bool = False) -> Any:
     """Run (or resume) the study with `spec.workers` local workers; return the loaded study."""
+    optuna = _optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING if quiet else optuna.logging.INFO)
     study_dir = Path(spec.study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     base_path = study_dir / "base.toml"
