@@ -17,8 +17,17 @@ import argparse
 from common import median, reference, steplab, table
 
 
-def reference_time(seed: int, target: float, eval_every: int) -> float | None:
-    lines = reference("--target", str(target), "--eval-every", str(eval_every), "--seed", str(seed))
+def reference_time(seed: int, target: float, eval_every: int, max_iters: int) -> float | None:
+    lines = reference(
+        "--target",
+        str(target),
+        "--eval-every",
+        str(eval_every),
+        "--seed",
+        str(seed),
+        "--max-iters",
+        str(max_iters),
+    )
     done = lines[-1]
     return done.get("seconds_to_target")
 
@@ -43,11 +52,17 @@ def main() -> None:
         default=50,
         help="the reference's evaluation interval (finer = its time to target is found sooner)",
     )
+    ap.add_argument(
+        "--reference-max-iters",
+        type=int,
+        default=2000,
+        help="the reference's schedule length (2000 ends at about 1.91; more if it falls short)",
+    )
     ap.add_argument("extra", nargs="*", help="extra steplab flags, after --")
     args = ap.parse_args()
     rows, ratios = [], []
     for seed in args.seeds:
-        ref = reference_time(seed, args.target, args.reference_eval_every)
+        ref = reference_time(seed, args.target, args.reference_eval_every, args.reference_max_iters)
         ours, best = steplab_time(seed, args.target, args.preset, args.extra)
         ratio = ours / ref if (ours and ref) else None
         if ratio:
