@@ -49,9 +49,11 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["default", "shakespeare_char"])
     ap.add_argument("--tokenizers", nargs="+", default=["char"])
     ap.add_argument("--chars", type=int, default=1_100_000, help="corpus size (Tiny Shakespeare is 1.1M)")
+    ap.add_argument("--skip-shakespeare", action="store_true", help="only the other corpora")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        corpora = {"shakespeare": None, **build_corpora(Path(tmp), args.chars)}
+        corpora = {} if args.skip_shakespeare else {"shakespeare": None}
+        corpora.update(build_corpora(Path(tmp), args.chars))
         rows = []
         for corpus, path in corpora.items():
             for tok in args.tokenizers:

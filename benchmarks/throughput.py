@@ -2,7 +2,8 @@
 
 Both run back to back in fresh processes, alternating, `--repeats` times; the ratio is the
 median of the per-pair tokens/s ratios (pairs are adjacent in time, so machine noise hits
-both sides alike). Training time excludes evaluation on both sides.
+both sides alike). Training time excludes evaluation on both sides, and the first 100 steps
+(compilation, warm-up) are left out of the measure on both sides.
 
     python benchmarks/throughput.py --steps 400 --repeats 3
     python benchmarks/throughput.py --variants   # also the levers: threads, bf16 (AMX), compile
@@ -20,20 +21,28 @@ REFERENCE_CONFIG = ["--preset", "shakespeare_char", "--eval.every", "0", "--trai
 
 VARIANTS = {
     "steplab (reference config)": [],
+    "+ 1 thread": ["--train.threads", "1"],
     "+ bf16 autocast (AMX)": ["--train.dtype", "bfloat16"],
     "+ torch.compile": ["--train.compile"],
 }
 
 
+WARMUP = 100  # steps left out of the measure on both sides (compilation, allocator warm-up)
+
+
 def steplab_tps(steps: int, extra: list[str]) -> float:
-    summary, _ = steplab(*REFERENCE_CONFIG, "--train.max-steps", str(steps), *extra)
-    return summary["tokens"] / summary["train_seconds"]
+    _, records = steplab(*REFERENCE_CONFIG, "--train.max-steps", str(steps), *extra)
+    logs = [r for r in records if "loss" in r]
+    first = next(r for r in logs if r["step"] == WARMUP)
+    last = logs[-1]
+    return (last["tokens"] - first["tokens"]) / (last["train_seconds"] - first["train_seconds"])
 
 
 def reference_tps(steps: int) -> float:
-    lines = reference("--max-iters", str(steps), "--eval-every", str(10**9))
-    last = lines[-1]
-    return last["tokens"] / last["seconds"]
+    lines = reference("--max-iters", str(steps), "--eval-every", str(WARMUP))
+    first = next(r for r in lines if r.get("iter") == WARMUP)
+    last = [r for r in lines if "iter" in r][-1]
+    return (last["tokens"] - first["tokens"]) / (last["seconds"] - first["seconds"])
 
 
 def main() -> None:
