@@ -85,7 +85,7 @@ def test_range_test_runs_for_every_optimizer(name: str, tiny_cfg: RunConfig) -> 
     assert min(res.smoothed) < res.smoothed[0] - 0.1  # the model learned something along the ramp
     assert 1e-6 < res.suggestion.lr < 10.0 and math.isfinite(res.suggestion.steepest)
     if res.stopped == "diverged":
-        assert res.diverged_at is not None and len(res.lrs) < 30
+        assert res.diverged_at is not None and res.diverged_at <= res.lrs[-1]  # may be the very last step
 
 
 def test_adamw_range_test_stops_early_on_divergence(tiny_cfg: RunConfig, tmp_path: Path) -> None:
