@@ -21,9 +21,12 @@ REFERENCE_CONFIG = ["--preset", "shakespeare_char", "--eval.every", "0", "--trai
 
 VARIANTS = {
     "steplab (reference config)": [],
-    "+ 1 thread": ["--train.threads", "1"],
+    "+ float32 (no autocast)": ["--train.dtype", "float32"],
     "+ bf16 autocast (AMX)": ["--train.dtype", "bfloat16"],
-    "+ torch.compile": ["--train.compile"],
+    "+ bf16 + torch.compile": ["--train.dtype", "bfloat16", "--train.compile"],
+    "+ sdpa attention": ["--model.attention", "sdpa"],
+    "+ guard off": ["--guard.policy", "off"],
+    "+ 1 thread": ["--train.threads", "1"],
 }
 
 
@@ -49,9 +52,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--variants", action="store_true", help="also measure bf16 and compile")
+    ap.add_argument("--variants", nargs="*", help="also measure these levers (all when none named)")
     args = ap.parse_args()
-    names = list(VARIANTS) if args.variants else list(VARIANTS)[:1]
+    names = list(VARIANTS)[:1]
+    if args.variants is not None:
+        names += [n for n in list(VARIANTS)[1:] if not args.variants or any(v in n for v in args.variants)]
     ref, ours = [], {n: [] for n in names}
     for _ in range(args.repeats):
         ref.append(reference_tps(args.steps))

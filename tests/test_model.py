@@ -139,3 +139,45 @@ def test_flops_per_token_counts_matmuls_and_attention() -> None:
     # qkv 16*48 + proj 16*16 + fc 16*64 + proj 64*16 per layer, and the head 16*10
     assert n == 2 * (16 * 48 + 16 * 16 + 16 * 64 + 64 * 16) + 160
     assert flops_per_token(cfg, n) == 6 * n + 12 * 2 * 16 * 32
+
+
+@pytest.mark.parametrize("kv_heads,mup", [(None, False), (2, False), (None, True)])
+def test_matmul_attention_equals_sdpa(kv_heads: int | None, mup: bool) -> None:
+    """The two attention kernels compute the same function: logits and gradients agree."""
+    base = dict(vocab_size=50, n_layer=2, n_head=4, n_kv_head=kv_heads, n_embd=32, block_size=16)
+    if mup:
+        base.update(parametrization="mup", mup_base_width=16)
+    torch.manual_seed(0)
+    a = GPT(ModelConfig(**base, attention="sdpa"))
+    b = GPT(ModelConfig(**base, attention="matmul"))
+    b.load_state_dict(a.state_dict())
+    idx = torch.randint(0, 50, (3, 12))  # shorter than block_size: the mask is cut to T
+    la, loss_a = a(idx, idx)
+    lb, loss_b = b(idx, idx)
+    assert torch.allclose(la, lb, atol=1e-5)
+    loss_a.backward()
+    loss_b.backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-5), name
+
+
+def test_auto_attention_uses_matmul_only_for_short_low_precision_cpu_inputs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from steplab import model as model_mod
+
+    calls: list[str] = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        model_mod.F, "scaled_dot_product_attention", lambda *a, **k: calls.append("sdpa") or real(*a, **k)
+    )
+    q = torch.randn(1, 2, 8, 4)
+    model_mod.causal_attention(q, q, q, scale=None, dropout=0.0, impl="auto")
+    assert calls == ["sdpa"]  # float32 on CPU: sdpa's kernel is as fast and leaner
+    out = model_mod.causal_attention(
+        q.bfloat16(), q.bfloat16(), q.bfloat16(), scale=None, dropout=0.0, impl="auto"
+    )
+    assert calls == ["sdpa"] and out.dtype == torch.bfloat16  # bf16, short context: matmul
+    long = torch.randn(1, 1, model_mod.MATMUL_ATTENTION_MAX_T + 1, 4).bfloat16()
+    model_mod.causal_attention(long, long, long, scale=None, dropout=0.0, impl="auto")
+    assert calls == ["sdpa", "sdpa"]

@@ -191,3 +191,33 @@ def test_eval_window_fixes_the_measure(tiny_cfg: RunConfig) -> None:
     tiny_cfg.eval.window = 64
     with pytest.raises(SteplabError, match="--eval.window"):
         build(tiny_cfg)
+
+
+def test_bf16_autocast_run_learns_and_resumes_exactly(tmp_path: Path, tiny_cfg: RunConfig) -> None:
+    """The CPU default on AMX machines: bf16 autocast with float32 weights and optimizer state."""
+    cfg = tiny_cfg
+    cfg.train.dtype = "bfloat16"
+    cfg.train.max_steps, cfg.train.log_every, cfg.eval.every = 40, 10, 0
+    cfg.schedule.name = "constant"
+    full = train(cfg, tmp_path / "full")
+    losses = [r["loss"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "loss" in r]
+    assert losses[-1] < losses[0] - 0.3, losses
+    assert all(p.dtype == torch.float32 for p in build(cfg).model.parameters())
+    cfg.train.max_steps = 20
+    train(cfg, tmp_path / "part")
+    cfg.train.max_steps = 40
+    resumed = train(cfg, tmp_path / "part", resume=True)
+    assert resumed.final["val_loss"] == full.final["val_loss"]
+
+
+def test_auto_dtype_is_bf16_on_cuda_and_amx_cpus_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from steplab import runtime
+    from steplab.config import TrainConfig
+
+    auto = TrainConfig()
+    assert runtime.autocast_dtype(auto, torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: True)
+    assert runtime.autocast_dtype(auto, torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: False)
+    assert runtime.autocast_dtype(auto, torch.device("cpu")) is None
+    assert runtime.autocast_dtype(TrainConfig(dtype="bfloat16"), torch.device("cpu")) == torch.bfloat16

@@ -50,6 +50,11 @@ class ModelConfig:
     tie_embeddings: bool = opt(True, "share the input embedding and the output head")
     bias: bool = opt(True, "biases in linear and norm layers")
     dropout: float = opt(0.0, "dropout probability", ge=0, lt=1)
+    attention: Literal["auto", "sdpa", "matmul"] = opt(
+        "auto",
+        "attention kernel: sdpa (fused, memory-lean) or matmul (two batched matmuls, faster on CPU "
+        "for short contexts); auto picks matmul on CPU up to 256 tokens, sdpa otherwise",
+    )
     init_std: float = opt(0.02, "standard deviation of the weight initialisation", gt=0)
     parametrization: Literal["sp", "mup"] = opt("sp", "standard or maximal-update (muP) parametrization")
     mup_base_width: int = opt(128, "base width that muP hyperparameters refer to", ge=1)
@@ -159,7 +164,7 @@ class TrainConfig:
     seed: int = opt(1337, "random seed (model init, batch order, dropout)")
     device: str = opt("auto", "cpu, cuda, cuda:N, mps or auto")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
-        "auto", "autocast dtype (auto: bf16 on CUDA, off on CPU)"
+        "auto", "autocast dtype (auto: bf16 on CUDA and on CPUs with AMX, float32 elsewhere)"
     )
     compile: bool = opt(False, "torch.compile the model")
     parallel: Literal["ddp", "fsdp"] = opt("ddp", "how torchrun processes share the work: DDP or FSDP2")

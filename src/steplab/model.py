@@ -55,6 +55,49 @@ def attention_scale(cfg: ModelConfig) -> float | None:
     return math.sqrt(cfg.mup_base_width / cfg.n_head) / cfg.head_dim
 
 
+MATMUL_ATTENTION_MAX_T = 256  # auto: above this context the (T, T) score matrix costs more than sdpa
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float | None,
+    dropout: float,
+    impl: str,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention of q, k, v (B, nh, T, hs) -> (B, nh, T, hs).
+
+    Two implementations of the same function. sdpa is the fused kernel (flash on GPU, no
+    (T, T) matrix in memory). matmul spells it out as q k^T + mask, softmax, times v: on CPU
+    at short contexts its batched matmuls hit the bf16 (AMX) GEMMs, where sdpa's CPU flash
+    kernel is several times slower in bf16 (docs/speedrun.md). `mask` is the additive causal
+    mask (0 on and below the diagonal, -inf above), at least (T, T); made here when not given.
+    """
+    T = q.size(-2)
+    if impl == "auto":
+        impl = (
+            "matmul"
+            if (q.device.type == "cpu" and q.dtype != torch.float32 and T <= MATMUL_ATTENTION_MAX_T)
+            else "sdpa"
+        )
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scale)
+    if mask is None or mask.size(0) < T:
+        mask = causal_mask(T, q.device)
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.size(-1))
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, nh, T, T)
+    probs = (scores + mask[:T, :T].to(scores.dtype)).softmax(dim=-1)
+    return F.dropout(probs, dropout) @ v
+
+
+def causal_mask(T: int, device: torch.device | None = None) -> torch.Tensor:
+    """(T, T) additive mask: 0 where a position may attend (itself and the past), -inf elsewhere."""
+    return torch.full((T, T), float("-inf"), device=device).triu(1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -66,8 +109,14 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.dropout = cfg.dropout
         self.scale = attention_scale(cfg)
+        self.impl = cfg.attention
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
@@ -82,8 +131,14 @@ class CausalSelfAttention(nn.Module):
         if nkv != nh:  # grouped-query attention: each kv head serves nh / nkv query heads
             k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, T, hs)
             v = v.repeat_interleave(nh // nkv, dim=1)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0, scale=self.scale
+        y = causal_attention(
+            q,
+            k,
+            v,
+            scale=self.scale,
+            dropout=self.dropout if self.training else 0.0,
+            impl=self.impl,
+            mask=mask,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
         return F.dropout(self.proj(y), self.dropout, self.training)
@@ -118,8 +173,13 @@ class Block(nn.Module):
         self.norm2 = make_norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope)
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -142,6 +202,14 @@ class GPT(nn.Module):
             cos, sin = rope_cache(cfg)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        # The matmul attention's additive causal mask, made once (small at the contexts it serves).
+        self.mask: torch.Tensor | None
+        if cfg.attention == "matmul" or (
+            cfg.attention == "auto" and cfg.block_size <= MATMUL_ATTENTION_MAX_T
+        ):
+            self.register_buffer("mask", causal_mask(cfg.block_size), persistent=False)
+        else:
+            self.mask = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -183,7 +251,7 @@ class GPT(nn.Module):
         x = self.drop(x)
         rope = (self.rope_cos, self.rope_sin) if self.cfg.pos == "rope" else None
         for block in self.blocks:
-            x = block(x, rope)
+            x = block(x, rope, self.mask)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
         if self.logit_scale != 1.0:
             logits = logits * self.logit_scale

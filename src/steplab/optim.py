@@ -205,8 +205,9 @@ def eval_mode(opt: torch.optim.Optimizer) -> Iterator[None]:
 
 
 def _fast_kwargs(device: torch.device, *, fused: bool = True) -> dict[str, Any]:
-    """Fused kernels on CUDA where torch has them, else foreach (one multi-tensor op per group)."""
-    return {"fused": True} if (fused and device.type == "cuda") else {"foreach": True}
+    """Fused kernels where torch has them (CUDA and CPU), else foreach (one multi-tensor op
+    per group). On CPU the fused AdamW step is ~3x cheaper than foreach (docs/speedrun.md)."""
+    return {"fused": True} if (fused and device.type in ("cuda", "cpu")) else {"foreach": True}
 
 
 def _initial_lr(cfg: OptimConfig) -> float:
@@ -247,8 +248,9 @@ def build_sgd(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.o
 
 
 def build_adagrad(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    # torch's fused Adagrad is CPU-only, so foreach everywhere.
-    return torch.optim.Adagrad(_no_decay(groups), lr=_initial_lr(cfg), eps=cfg.eps, foreach=True)
+    # torch's fused Adagrad is CPU-only: foreach elsewhere.
+    fast = {"fused": True} if device.type == "cpu" else {"foreach": True}
+    return torch.optim.Adagrad(_no_decay(groups), lr=_initial_lr(cfg), eps=cfg.eps, **fast)
 
 
 def build_rmsprop(groups: Groups, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:

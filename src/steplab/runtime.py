@@ -37,10 +37,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_has_amx() -> bool:
+    """Intel AMX (Sapphire Rapids and later): bf16 matrix tiles that make bf16 GEMMs ~3x faster."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA by default, full precision on CPU (CPU bf16 autocast is slower on most CPUs)."""
+    """bf16 autocast on CUDA, and on CPUs with AMX; full precision on other CPUs, where bf16
+    GEMMs are emulated and slower than float32. Weights and optimizer state stay float32."""
     if cfg.dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if device.type == "cuda" or (device.type == "cpu" and cpu_has_amx()):
+            return torch.bfloat16
+        return None
     return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
 
 
