@@ -201,3 +201,25 @@ def test_unknown_optimizer_is_one_line_listing_the_names(capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown optimizer 'adamx'" in err
     assert all(n in err for n in OPTIMIZERS)
+
+
+def test_batched_muon_matches_torch_muon() -> None:
+    """Same update as torch.optim.Muon (bitwise here), same state keys."""
+    from steplab.optim import Muon
+
+    torch.manual_seed(0)
+    shapes = [(48, 16), (48, 16), (16, 16), (16, 64), (16, 64)]
+    ours = [torch.randn(*sh, requires_grad=True) for sh in shapes]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    kw = dict(lr=0.02, momentum=0.9, weight_decay=0.1, nesterov=True, adjust_lr_fn="match_rms_adamw")
+    a, b = Muon(ours, **kw), torch.optim.Muon(theirs, **kw)
+    for _ in range(3):
+        grads = [torch.randn(*sh) for sh in shapes]
+        for p, q, g in zip(ours, theirs, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
+    for p, q in zip(ours, theirs, strict=True):
+        assert torch.allclose(p, q, atol=1e-6), (p - q).abs().max()
+    assert a.state_dict()["state"].keys() == b.state_dict()["state"].keys()
+    assert set(a.state_dict()["state"][0]) == set(b.state_dict()["state"][0]) == {"momentum_buffer"}
