@@ -81,14 +81,16 @@ def train_step(
     stay on the device.
     """
     n = len(batches)
-    total = torch.zeros((), device=batches[0][0].device)
+    total: torch.Tensor | None = None
     for i, (x, y) in enumerate(batches):
         sync_ctx = no_sync() if (no_sync is not None and i < n - 1) else nullcontext()
         with sync_ctx:
             with amp or nullcontext():
                 _, loss = model(x, y)
-            (loss / n).backward()
-        total += loss.detach()
+            (loss / n if n > 1 else loss).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    assert total is not None, "train_step needs at least one micro-batch"
+    mean_loss = total / n if n > 1 else total
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     if grad_clip > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
@@ -96,12 +98,12 @@ def train_step(
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
     if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
         grad_norm = grad_norm.full_tensor()
-    if check is not None and not check(total / n, grad_norm):
+    if check is not None and not check(mean_loss, grad_norm):
         optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss=total / n, grad_norm=grad_norm, applied=False)
+        return StepResult(loss=mean_loss, grad_norm=grad_norm, applied=False)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=total / n, grad_norm=grad_norm)
+    return StepResult(loss=mean_loss, grad_norm=grad_norm)
 
 
 # --- the session: everything a run needs, built from the config ----------------------------
