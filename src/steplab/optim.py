@@ -295,13 +295,14 @@ class Muon(torch.optim.Muon):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
+            by_shape: dict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is not None:
-                    by_shape.setdefault(tuple(p.shape), []).append(p)
+                    ps, gs = by_shape.setdefault(tuple(p.shape), ([], []))
+                    ps.append(p)
+                    gs.append(p.grad)
             lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
-            for shape, ps in by_shape.items():
-                grads = [p.grad for p in ps]
+            for shape, (ps, grads) in by_shape.items():
                 bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in ps]
                 torch._foreach_lerp_(bufs, grads, 1 - momentum)
                 updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
