@@ -40,7 +40,7 @@ from steplab.config import RunConfig, to_dict
 from steplab.errors import ConfigError, SteplabError
 from steplab.optim import DEFAULT_LR, state_bytes
 from steplab.stats import mean_std, welch_t_test
-from steplab.track import fmt_duration, read_metrics
+from steplab.track import flatten, fmt_duration, read_metrics
 from steplab.train import Callback, Session, TrainState, tokens_per_step, train
 
 DONE = ("finished", "target", "diverged", "stopped")  # statuses that need no more training
@@ -494,16 +494,6 @@ def default_out(base: RunConfig, plan: Plan) -> Path:
 _IGNORED = {"model.vocab_size", "train.progress", "train.tensorboard"}
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_same_config(run_dir: Path, cfg: RunConfig) -> None:
     """Refuse to continue a run that was started with other settings (another command, same --out)."""
     path = run_dir / "config.toml"
@@ -511,7 +501,7 @@ def check_same_config(run_dir: Path, cfg: RunConfig) -> None:
         return
     from steplab.config import load_toml
 
-    old, new = _flat(to_dict(load_toml(path))), _flat(to_dict(cfg))
+    old, new = flatten(to_dict(load_toml(path))), flatten(to_dict(cfg))
     diff = sorted(k for k in set(old) | set(new) if k not in _IGNORED and old.get(k) != new.get(k))
     if diff:
         k = diff[0]

@@ -33,7 +33,10 @@ from typing import Any
 import tomllib
 
 from steplab.errors import SteplabError
+from steplab.plots import smooth
 from steplab.track import read_metrics
+
+SMOOTHING = 0.6  # EMA factor for the loss curves the rules read: light, so trends show early
 
 BIG_UPDATE = 0.05  # one step moving the weights by 5% of their norm is shaking them
 TINY_UPDATE = 1e-4  # ... by 0.01% barely moves them (healthy AdamW: about 1e-3)
@@ -98,15 +101,6 @@ def history(
         elif "val_loss" in r and _num(r["val_loss"]) is not None:
             h.evals.append((int(r["step"]), _num(r["val_loss"])))  # type: ignore[arg-type]
     return h
-
-
-def smooth(values: list[float], alpha: float = 0.6) -> list[float]:
-    """Bias-corrected EMA (logged losses are single noisy batches)."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values):
-        avg = alpha * avg + (1 - alpha) * v
-        out.append(avg / (1 - alpha ** (i + 1)))
-    return out
 
 
 def _g(x: float | None) -> str:
@@ -223,7 +217,7 @@ def check_lr_too_high(h: History) -> Finding | None:
             evidence.append(
                 f"loss {_g(worse[0][1])} at step {worse[0][0]} is worse than a uniform guess (ln V = {uniform:.3g})"
             )
-    sm = smooth(losses)
+    sm = smooth(losses, SMOOTHING)
     best, best_at = math.inf, 0
     for s, v in zip(steps, sm, strict=True):
         if v < best:
@@ -281,7 +275,7 @@ def check_lr_too_low(h: History) -> Finding | None:
             f"loss barely moved: {first:.4g} -> {last:.4g} ({drop:.1%}) over {steps[-1] - steps[0]} steps"
         )
     else:
-        slope, r2 = _line_fit([float(s) for s in steps], smooth(losses))
+        slope, r2 = _line_fit([float(s) for s in steps], smooth(losses, SMOOTHING))
         half = len(losses) // 2
         s1, _ = _line_fit([float(s) for s in steps[:half]], losses[:half])
         s2, _ = _line_fit([float(s) for s in steps[half:]], losses[half:])
@@ -305,7 +299,7 @@ def check_plateau(h: History) -> Finding | None:
     steps, losses = _finite(h)
     if len(losses) < 9:
         return None
-    sm = smooth(losses)
+    sm = smooth(losses, SMOOTHING)
     cut = (2 * len(sm)) // 3
     before, tail = min(sm[:cut]), min(sm[cut:])
     start = sm[0]
@@ -332,8 +326,8 @@ def check_overfitting(h: History) -> Finding | None:
     if last_step == best_step or last - best < max(0.02, 0.02 * best):
         return None
     steps, losses = _finite(h)
-    at_best = [v for s, v in zip(steps, smooth(losses), strict=True) if s <= best_step]
-    later = [v for s, v in zip(steps, smooth(losses), strict=True) if s > best_step]
+    at_best = [v for s, v in zip(steps, smooth(losses, SMOOTHING), strict=True) if s <= best_step]
+    later = [v for s, v in zip(steps, smooth(losses, SMOOTHING), strict=True) if s > best_step]
     if not at_best or not later or later[-1] >= at_best[-1]:
         return None  # training loss rose too: that is instability, not overfitting
     return Finding(
