@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from steplab.dist import torchrun_command
 from steplab.track import read_metrics
 
 BASE = [
@@ -32,19 +33,7 @@ BASE = [
 
 def run(tmp: Path, nproc: int, run_dir: Path, *extra: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "steplab", "train"]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            "-m",
-            "steplab",
-            "train",
-        ]
+    cmd = [sys.executable, "-m", "steplab", "train"] if nproc == 1 else torchrun_command(nproc, ["train"])
     out = subprocess.run(
         [*cmd, *BASE, "--run-dir", str(run_dir), *extra],
         env=env,

@@ -185,19 +185,16 @@ def _index_to_fqn(model: nn.Module, optimizer: torch.optim.Optimizer, osd: dict[
     return {"state": {names[int(i)]: s for i, s in osd["state"].items()}, "param_groups": groups}
 
 
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """`python -m torch.distributed.run --standalone` running `steplab ARGV` in `nproc` processes."""
+    import sys
+
+    runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return [*runner, "-m", "steplab", *argv]
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """`steplab train --nproc N ...`: re-run the same command under torchrun on this machine."""
     import subprocess
-    import sys
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "steplab",
-        *argv,
-    ]
-    return subprocess.call(cmd)
+    return subprocess.call(torchrun_command(nproc, argv))
