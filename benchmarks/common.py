@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,33 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def alternate(
+    cfg: Any, other: Callable[[int], float], block: int, warm: int, *, progress: bool = False
+) -> tuple[list[float], list[float]]:
+    """Train `cfg` with steplab's `fit`, logging every `block` steps, and at each log run
+    `other(block)` (which returns its own seconds): the loop and `other` alternate in blocks
+    of `block` steps, in one process, so the machine's drift falls on both alike.
+
+    Returns the pairs after the first `warm` blocks: (seconds of each loop block, seconds of
+    the `other` block next to it). A loop block is the wall time between two logs minus the
+    `other` block run inside it. `cfg.train.max_steps` must allow the blocks wanted.
+    """
+    import time
+
+    from steplab.train import Callback, build, fit
+
+    logs: list[float] = []
+    others: list[float] = []
+
+    class Alternate(Callback):
+        def on_log(self, s: Any, state: Any, record: Any) -> None:
+            logs.append(time.perf_counter())
+            others.append(other(block))
+
+    cfg.train.log_every = block
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(build(cfg), run_dir=Path(tmp) / "run", callbacks=[Alternate()], progress=progress)
+    loop = [(b - a) - o for a, b, o in zip(logs[:-1], logs[1:], others[:-1], strict=True)][warm:]
+    return loop, others[warm : warm + len(loop)]

@@ -21,29 +21,28 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from common import alternate
 
 from steplab.presets import get_preset
-from steplab.train import Callback, build, fit
+from steplab.train import build
 
 
-class BareSteps(Callback):
-    """On every log, time `n` bare steps on an identical model (alternating blocks)."""
+class BareSteps:
+    """Bare steps on a model of its own, built from the same config (same model, optimizer,
+    batches and autocast as the loop's)."""
 
-    def __init__(self, cfg, n: int) -> None:  # noqa: ANN001
-        self.s = build(cfg)  # the same config: same model, optimizer, batches and autocast
-        self.n, self.i = n, 0
-        self.logs: list[float] = []  # wall clock at each log of the full loop
-        self.bare: list[float] = []  # seconds of each bare block
+    def __init__(self, cfg) -> None:  # noqa: ANN001
+        self.s = build(cfg)
+        self.i = 0
 
-    def bare_block(self) -> float:
+    def block(self, n: int) -> float:
+        """Seconds for `n` bare steps."""
         s, t0 = self.s, time.perf_counter()
         model, opt, clip = s.step_model, s.optimizer, s.cfg.optim.grad_clip
-        for _ in range(self.n):
+        for _ in range(n):
             x, y = s.sampler.batch_at(self.i)
             self.i += 1
             for g in opt.param_groups:
@@ -57,10 +56,6 @@ class BareSteps(Callback):
         loss.item()  # the same one host sync per block as the loop's log step
         return time.perf_counter() - t0
 
-    def on_log(self, s, state, record) -> None:  # noqa: ANN001
-        self.logs.append(time.perf_counter())
-        self.bare.append(self.bare_block())
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -72,19 +67,11 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true", help="print every block")
     args = ap.parse_args()
     cfg = get_preset(args.preset)
-    cfg.train.log_every = args.log_every
     cfg.train.threads = args.threads
     cfg.train.max_steps = args.log_every * (args.blocks + args.warmup_blocks + 1)
     cfg.eval.every = 0  # periodic evaluation off; the final evaluation comes after the last block
     cfg.checkpoint.every = 0
-    bare = BareSteps(cfg, args.log_every)
-    with tempfile.TemporaryDirectory() as tmp:
-        s = build(cfg)
-        fit(s, run_dir=Path(tmp) / "run", callbacks=[bare], progress=True)
-    full = [(b - a) - skip for a, b, skip in zip(bare.logs[:-1], bare.logs[1:], bare.bare[:-1], strict=True)][
-        args.warmup_blocks :
-    ]
-    plain = bare.bare[args.warmup_blocks : args.warmup_blocks + len(full)]
+    full, plain = alternate(cfg, BareSteps(cfg).block, args.log_every, args.warmup_blocks, progress=True)
     ratio = statistics.median(f / b for f, b in zip(full, plain, strict=True))
     if args.verbose:
         print("full:", [round(v, 3) for v in full], "\nbare:", [round(v, 3) for v in plain], file=sys.stderr)

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REFERENCE, median, reference, steplab, table
+from common import REFERENCE, alternate, median, reference, steplab, table
 
 # steplab flags that reproduce reference_gpt.py: 4 layers, 4 heads, width 128, context 64,
 # batch 12, AdamW 1e-3 betas (0.9, 0.99) wd 0.1, 100 warmup steps, cosine to 1e-4, clip 1.0.
@@ -108,11 +108,8 @@ class ReferenceSteps:
 
 
 def interleaved(args: argparse.Namespace) -> None:
-    import tempfile
-
     from steplab.config import set_value
     from steplab.presets import get_preset
-    from steplab.train import Callback, build, fit
 
     block = 10
     names = list(VARIANTS)[:1]
@@ -126,26 +123,10 @@ def interleaved(args: argparse.Namespace) -> None:
             if key.startswith("--"):  # "--name value", or a bare boolean "--name"
                 bare = i + 1 == len(flags) or flags[i + 1].startswith("--")
                 set_value(cfg, key.removeprefix("--"), "true" if bare else flags[i + 1])
-        cfg.eval.every, cfg.train.log_every = 0, block
+        cfg.eval.every, cfg.train.tensorboard = 0, False
         warm = 10 if cfg.train.compile else 3  # blocks left out: compilation, allocator warm-up
         cfg.train.max_steps = block * (args.blocks + warm + 1)
-
-        class Alternate(Callback):
-            def __init__(self, reference: ReferenceSteps) -> None:
-                self.reference = reference
-                self.logs: list[float] = []
-                self.ref: list[float] = []
-
-            def on_log(self, s, state, record) -> None:  # noqa: ANN001
-                self.logs.append(time.perf_counter())
-                self.ref.append(self.reference.block(block))
-
-        alt = Alternate(ReferenceSteps())
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg.train.tensorboard = False
-            fit(build(cfg), run_dir=Path(tmp) / "run", callbacks=[alt], progress=False)
-        ours = [(b - a) - r for a, b, r in zip(alt.logs[:-1], alt.logs[1:], alt.ref[:-1], strict=True)][warm:]
-        ref = alt.ref[warm : warm + len(ours)]
+        ours, ref = alternate(cfg, ReferenceSteps().block, block, warm)
         ratio = median([r / o for r, o in zip(ref, ours, strict=True)])
         tps = block * 768 / median(ours)
         rows.append([name, f"{tps:,.0f}", f"{block * 768 / median(ref):,.0f}", f"{ratio:.2f}"])
