@@ -303,7 +303,10 @@ class Muon(torch.optim.Muon):
                     gs.append(p.grad)
             lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
             for shape, (ps, grads) in by_shape.items():
-                bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in ps]
+                for p in ps:
+                    if "momentum_buffer" not in self.state[p]:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                bufs = [self.state[p]["momentum_buffer"] for p in ps]
                 torch._foreach_lerp_(bufs, grads, 1 - momentum)
                 updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
                 ortho = newton_schulz(
