@@ -72,7 +72,9 @@ def alternate(
     """
     import time
 
-    from steplab.train import Callback, build, fit
+    from steplab.loop.fit import fit
+    from steplab.loop.hooks import Callback
+    from steplab.loop.session import build
 
     logs: list[float] = []
     others: list[float] = []

@@ -1,7 +1,7 @@
 """How often does the divergence guard's spike rule fire on clean runs, and would it catch a poisoned batch?
 
 Trains clean runs with the guard off and a loss record every step, then replays the spike
-rule (`steplab.guard.verdict`) over those per-step losses for several settings. Counts are
+rule (`steplab.loop.guard.verdict`) over those per-step losses for several settings. Counts are
 in steps, not seconds, so the result does not depend on the machine's load.
 
     PYTHONPATH=src python benchmarks/guard_false_positives.py --preset tiny --steps 400 --seeds 1337 7 --lrs 1e-3 1e-2
@@ -19,10 +19,10 @@ import tempfile
 from pathlib import Path
 
 from steplab.config import GuardConfig
-from steplab.guard import spike_threshold, update_stats, verdict
+from steplab.loop.fit import train
+from steplab.loop.guard import spike_threshold, update_stats, verdict
 from steplab.presets import get_preset
-from steplab.track import read_metrics
-from steplab.train import train
+from steplab.rundir import read_metrics
 
 
 def clean_losses(preset: str, steps: int | None, seed: int, lr: float | None, root: Path) -> list[float]:

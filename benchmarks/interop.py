@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 from steplab import checkpoint as ckpt
-from steplab.cli import main as cli
+from steplab.cli.main import main as cli
 from steplab.config import ModelConfig, RunConfig, TokenizerConfig
+from steplab.data.tokenizer import train_tokenizer
+from steplab.generate import generate
 from steplab.model import GPT, count_params
-from steplab.sample import generate
-from steplab.tokenizer import train_tokenizer
 
 
 def export(root: Path) -> None:
@@ -84,7 +84,7 @@ def export(root: Path) -> None:
 MEASURE = """
 import json, resource, sys, time
 from steplab.config import DataConfig, TokenizerConfig
-from steplab.data import prepare
+from steplab.data.cache import prepare
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 d = prepare(DataConfig(path=sys.argv[1], workers=int(sys.argv[2])), TokenizerConfig(kind=sys.argv[3]))

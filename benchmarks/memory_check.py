@@ -4,7 +4,7 @@
     PYTHONPATH=src python benchmarks/memory_check.py 128
 
 Prints the rise of the process's peak RSS over one step of the default model at that batch
-size, the saved activations `steplab.tune.batch_find` measures, and their ratio (the
+size, the saved activations `steplab.tools.batch_find` measures, and their ratio (the
 `BACKWARD_PEAK` allowance). One batch size per process: the peak RSS never goes down.
 """
 
@@ -15,9 +15,10 @@ import sys
 
 import torch
 
+from steplab.loop.session import build
+from steplab.loop.step import train_step
 from steplab.presets import get_preset
-from steplab.train import build, train_step
-from steplab.tune.batch_find import saved_activation_bytes
+from steplab.tools.batch_find import saved_activation_bytes
 
 
 def main() -> None:

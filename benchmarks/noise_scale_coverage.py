@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from steplab.tune.batch_find import b_simple
+from steplab.loop.noise_scale import b_simple
 from test_batch_find import simulated_rounds
 
 

@@ -1,6 +1,6 @@
 """Instrumentation overhead: the full training loop against a bare step, in one process.
 
-The full loop is `steplab.train.fit` with everything a user gets by default: metrics.jsonl and
+The full loop is `steplab.loop.fit.fit` with everything a user gets by default: metrics.jsonl and
 TensorBoard events in a run directory, the progress display, the divergence guard, the
 schedule, seeded batches, logging every `--log-every` steps (periodic evaluation off). The
 bare step is the textbook step on a second, identical model: draw a batch, set the learning
@@ -26,8 +26,8 @@ import time
 import torch
 from common import alternate
 
+from steplab.loop.session import build
 from steplab.presets import get_preset
-from steplab.train import build
 
 
 class BareSteps:

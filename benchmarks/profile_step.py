@@ -46,8 +46,9 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from steplab.config import set_value
+    from steplab.loop.session import build
+    from steplab.loop.step import train_step
     from steplab.presets import get_preset
-    from steplab.train import build, train_step
 
     cfg = get_preset(args.preset)
     for kv in args.set:

@@ -35,10 +35,11 @@ def worker(spec: dict) -> dict:
     """Build the model of `spec`, run warm-up and timed steps, report time and memory."""
     import torch
 
+    from steplab.loop.session import build
+    from steplab.loop.step import train_step
     from steplab.model import count_params
     from steplab.presets import get_preset
-    from steplab.track import rss_bytes
-    from steplab.train import build, train_step
+    from steplab.runtime import rss_bytes
 
     cfg = get_preset(spec["preset"])
     for key, value in spec["set"].items():

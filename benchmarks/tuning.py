@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from steplab.config import RunConfig, dump_toml, load_toml
-from steplab.train import train
-from steplab.tune.lr_find import lr_find, write_result
+from steplab.loop.fit import train
+from steplab.tools.lr_find import lr_find, write_result
 
 GRID = [3e-3 * 2.0**k for k in range(-3, 4)]  # 7 points, factor 2, centred on the preset's 3e-3
 
@@ -47,7 +47,7 @@ def base_config(scale: str) -> tuple[RunConfig, list[str]]:
         flags += ["--eval.every", "100", "--eval.max-windows", "256"]
     else:
         flags += ["--eval.max-windows", "512"]
-    from steplab.cli import build_parser, config_from_args
+    from steplab.cli.main import build_parser, config_from_args
 
     parser, _ = build_parser()
     args = parser.parse_args(["train", *flags])
@@ -106,9 +106,9 @@ def exp_lr_grid(scale: str, out: Path, runs: Path) -> dict[str, Any]:
 
 
 def _plot_lr(r: dict[str, Any], path: Path) -> None:
-    from steplab.plots import _pyplot
+    from steplab.figures import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = [float(k) for k in r["grid"]]
     ax.plot(xs, list(r["grid"].values()), marker="o", label="7-point grid")
@@ -181,9 +181,9 @@ def _at(cfg: RunConfig, width: int, parametrization: str) -> RunConfig:
 
 
 def _plot_mup(r: dict[str, Any], path: Path) -> None:
-    from steplab.plots import _pyplot
+    from steplab.figures import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, p in zip(axes, ("sp", "mup"), strict=True):
         for i, w in enumerate(r["widths"]):
@@ -234,7 +234,7 @@ high = 0.6
 
 
 def exp_tune(scale: str, out: Path, runs: Path) -> dict[str, Any]:
-    from steplab.cli import main
+    from steplab.cli.main import main
 
     cfg, flags = base_config(scale)
     space = out / "tune_space.toml"
@@ -249,7 +249,7 @@ def exp_tune(scale: str, out: Path, runs: Path) -> dict[str, Any]:
     lr = float(cfg.optim.lr)  # type: ignore[arg-type]
     preset_val = final_val(cfg, runs / f"grid-{lr:.3g}", lr)  # the lr experiment's run, when there is one
     # Is the gain larger than the seed-to-seed spread? Both configs again with two more seeds.
-    from steplab.tune.search import apply
+    from steplab.tools.tune import apply
 
     best_cfg = apply(cfg, best["params"])
     seeds: dict[str, list[float]] = {"preset": [preset_val], "best": [best["value"]]}

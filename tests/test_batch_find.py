@@ -10,21 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from steplab.cli import main
+from steplab.cli.main import main
 from steplab.config import RunConfig
 from steplab.errors import SteplabError
-from steplab.track import read_metrics
-from steplab.train import build, train
-from steplab.tune.batch_find import (
-    accumulation,
-    b_simple,
-    fit_memory,
-    largest_fitting,
-    measure_noise_scale,
-    micro_batch_norms,
-    noise_terms,
-    saved_activation_bytes,
-)
+from steplab.loop.fit import train
+from steplab.loop.noise_scale import b_simple, measure_noise_scale, micro_batch_norms, noise_terms
+from steplab.loop.session import build
+from steplab.rundir import read_metrics
+from steplab.tools.batch_find import accumulation, fit_memory, largest_fitting, saved_activation_bytes
 
 
 def test_noise_terms_invert_the_expected_norms_exactly() -> None:

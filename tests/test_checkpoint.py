@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from steplab import checkpoint as ckpt
-from steplab.cli import main
+from steplab.cli.main import main
 from steplab.errors import CheckpointError
+from steplab.loop.session import build
 from steplab.presets import tiny
-from steplab.train import build
 
 TINY = ["--preset", "tiny", "--quiet", "--train.tensorboard", "false", "--checkpoint.every", "10"]
 

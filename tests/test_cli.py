@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from steplab.cli import main
+from steplab.cli.main import main
 
 TRAIN = ["train", "--preset", "tiny", "--quiet", "--train.tensorboard", "false"]
 

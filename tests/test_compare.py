@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from steplab import checkpoint as ckpt
-from steplab.cli import main
-from steplab.compare import (
+from steplab.cli.main import main
+from steplab.errors import ConfigError
+from steplab.optim import DEFAULT_LR
+from steplab.presets import get_preset
+from steplab.tools.compare import (
     Budget,
     RunResult,
     aggregate,
@@ -20,9 +23,6 @@ from steplab.compare import (
     parse_vary,
     plan_variants,
 )
-from steplab.errors import ConfigError
-from steplab.optim import DEFAULT_LR
-from steplab.presets import get_preset
 
 
 def test_vary_is_a_cartesian_product_plus_named_variants() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from steplab.cli import main
+from steplab.cli.main import main
 from steplab.config import RunConfig, dump_toml, load_toml, set_value
 from steplab.errors import ConfigError
 from steplab.presets import PRESETS, get_preset
@@ -157,3 +157,45 @@ def test_import_pulls_no_optional_dependency() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+BUDGETS = {
+    "steps": {"max_steps": 300, "max_tokens": None, "max_seconds": None},
+    "tokens": {"max_steps": None, "max_tokens": 123_456, "max_seconds": None},
+    "seconds": {"max_steps": None, "max_tokens": None, "max_seconds": 42.5},
+    "none": {"max_steps": None, "max_tokens": None, "max_seconds": None},
+}
+
+
+@pytest.mark.parametrize("budget", sorted(BUDGETS))
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_config_round_trips_through_dict_and_toml(preset: str, budget: str, tmp_path: Path) -> None:
+    from steplab.config import dump_toml, from_dict, load_toml, to_dict
+
+    cfg = PRESETS[preset]()
+    for k, v in BUDGETS[budget].items():
+        setattr(cfg.train, k, v)
+    assert from_dict(to_dict(cfg)) == cfg
+    (tmp_path / "c.toml").write_text(dump_toml(cfg))
+    assert load_toml(tmp_path / "c.toml") == cfg
+    assert load_toml(tmp_path / "c.toml", base=PRESETS["gpt2_small"]()) == cfg  # whatever it is read onto
+
+
+def test_a_seconds_budget_run_resumes_with_its_own_budget(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import tomllib
+
+    from steplab.cli import main
+    from steplab.config import dump_toml
+
+    cfg = PRESETS["tiny"]()
+    cfg.train.max_steps, cfg.train.max_seconds = None, 30.0
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(dump_toml(cfg))
+    assert main(["train", "--run-dir", str(run), "--resume", "--print-config"]) == 0
+    train = tomllib.loads(capsys.readouterr().out)["train"]
+    assert train["max_steps"] == "none" and train["max_seconds"] == 30.0
+
+
+def test_the_bare_config_does_not_call_itself_a_preset() -> None:
+    assert RunConfig().preset not in PRESETS

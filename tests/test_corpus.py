@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steplab import corpus
 from steplab.config import DataConfig, TokenizerConfig
-from steplab.corpus import read_documents, read_pieces, safe_cut
-from steplab.data import prepare
+from steplab.data import corpus
+from steplab.data.cache import prepare
+from steplab.data.corpus import read_documents, read_pieces, safe_cut
+from steplab.data.tokenizer import train_tokenizer
 from steplab.errors import DataError
-from steplab.tokenizer import train_tokenizer
 
 QUOTED = 'naïve, "quoted" '
 DOCS = [f"doc {i}: «{QUOTED * (i % 3)}»\nsecond line, 東京 {i}" for i in range(40)] + ["", "  "]

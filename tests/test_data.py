@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from steplab.config import DataConfig, TokenizerConfig
-from steplab.data import BatchSampler, bundled_corpus, prepare, val_windows
+from steplab.data.batches import BatchSampler, val_windows
+from steplab.data.cache import prepare
+from steplab.data.corpus import bundled_corpus
 from steplab.errors import DataError
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from steplab.dist import torchrun_command
-from steplab.track import read_metrics
+from steplab.rundir import read_metrics
 
 BASE = [
     "--preset",

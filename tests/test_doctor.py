@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from steplab.cli import main
-from steplab.doctor import diagnose, history
+from steplab.cli.main import main
+from steplab.loop.fit import train
 from steplab.presets import tiny
-from steplab.train import train
+from steplab.tools.doctor import diagnose, history
 
 CONFIG = {"model": {"vocab_size": 65}, "optim": {"lr": 1e-3, "grad_clip": 1.0}}
 Records = list[dict]

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steplab import encode
 from steplab.config import DataConfig, TokenizerConfig
-from steplab.data import prepare
+from steplab.data import encode
+from steplab.data.cache import prepare
+from steplab.data.tokenizer import train_tokenizer
 from steplab.errors import DataError
-from steplab.tokenizer import train_tokenizer
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -45,7 +45,7 @@ def test_worker_processes_give_the_in_process_tokens(
     assert len(a) > 50_000 and np.array_equal(a, b)
     assert one.meta == two.meta
     # Each document encoded whole with the newline that joins it to the next: the same tokens.
-    from steplab.corpus import read_documents
+    from steplab.data.corpus import read_documents
 
     docs = list(read_documents(DataConfig(path=str(d))))
     whole = [i for k, doc in enumerate(docs) for i in one.tokenizer.encode(doc + "\n" * (k < len(docs) - 1))]
@@ -72,7 +72,7 @@ MEASURE = textwrap.dedent(
     """
     import json, resource, sys
     from steplab.config import DataConfig, TokenizerConfig
-    from steplab.data import prepare
+    from steplab.data.cache import prepare
     path, workers = sys.argv[1], int(sys.argv[2])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     data = prepare(DataConfig(path=path, workers=workers), TokenizerConfig(kind="char"))

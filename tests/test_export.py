@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from steplab import checkpoint as ckpt
-from steplab.cli import main
+from steplab.cli.main import main
 from steplab.config import ModelConfig, RunConfig, TokenizerConfig
-from steplab.export import ExportError, export_safetensors, hf_family, load_safetensors
+from steplab.data.tokenizer import Tokenizer, train_tokenizer
+from steplab.generate import generate
 from steplab.model import GPT
-from steplab.sample import generate
-from steplab.tokenizer import Tokenizer, train_tokenizer
+from steplab.tools.export import ExportError, export_safetensors, hf_family, load_safetensors
 
 CORPUS = ["First Citizen:\nBefore we proceed any further, hear me speak.\n", "naïve café — 東京 🎉\n"] * 30
 LLAMA = {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
@@ -162,7 +162,7 @@ def test_transformers_loads_the_export(
 
 def test_an_unfaithful_export_never_lands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("transformers")
-    from steplab import export
+    from steplab.tools import export
 
     def tanh_gelu(cfg: ModelConfig, family: str) -> object:
         c = real(cfg, family)

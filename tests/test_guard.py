@@ -11,11 +11,13 @@ import torch
 from steplab import checkpoint as ckpt
 from steplab.checkpoint import TrainState
 from steplab.config import GuardConfig, RunConfig
-from steplab.data import BatchSampler
+from steplab.data.batches import BatchSampler
 from steplab.errors import ConfigError
-from steplab.guard import Guard, spike_threshold, update_stats, verdict
-from steplab.track import read_metrics
-from steplab.train import build, train, train_step
+from steplab.loop.fit import train
+from steplab.loop.guard import Guard, spike_threshold, update_stats, verdict
+from steplab.loop.session import build
+from steplab.loop.step import train_step
+from steplab.rundir import read_metrics
 
 
 def test_moving_statistics_and_the_spike_rule() -> None:
@@ -65,16 +67,16 @@ def poison(monkeypatch: pytest.MonkeyPatch, index: int) -> None:
 
 def lr_fault(monkeypatch: pytest.MonkeyPatch, steps: range, factor: float) -> None:
     """Multiply the learning rate by `factor` on these calls of set_lr (one per step), once."""
-    import steplab.train
+    import steplab.loop.fit
 
-    original = steplab.train.set_lr
+    original = steplab.loop.fit.set_lr
     calls = [0]
 
     def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         calls[0] += 1
         original(opt, lr * factor if calls[0] in steps else lr)
 
-    monkeypatch.setattr(steplab.train, "set_lr", set_lr)
+    monkeypatch.setattr(steplab.loop.fit, "set_lr", set_lr)
 
 
 def events(run: Path) -> list[dict]:

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steplab.cli import main
+from steplab.cli.main import main
 from steplab.config import RunConfig, load_toml
 from steplab.errors import SteplabError
 from steplab.optim import OPTIMIZERS
-from steplab.tune.lr_find import centered_smooth, exp_lr, lr_find, resolve_auto_lr, suggest, write_result
+from steplab.tools.lr_find import centered_smooth, exp_lr, lr_find, resolve_auto_lr, suggest, write_result
 
 
 def test_exp_lr_spans_the_range_geometrically() -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from steplab.cli import main
+from steplab.cli.main import main
 from steplab.config import RunConfig, dump_toml, load_toml
 from steplab.errors import ConfigError
 from steplab.model import GPT
 from steplab.optim import mup_lr_mults, param_groups
-from steplab.tune.mup import coord_check, group_lrs, scaled_config, slopes
+from steplab.tools.mup import coord_check, group_lrs, scaled_config, slopes
 
 
 def model_cfg(tiny_cfg: RunConfig, width: int, parametrization: str, base: int = 32) -> RunConfig:

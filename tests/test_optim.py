@@ -10,9 +10,13 @@ import pytest
 import torch
 
 from steplab import checkpoint as ckpt
-from steplab.cli import main
+from steplab.cli.main import main
 from steplab.config import RunConfig
 from steplab.evaluate import mean_loss
+from steplab.loop.fit import train
+from steplab.loop.hooks import Callback, StopTraining
+from steplab.loop.session import Session, build
+from steplab.loop.step import train_step
 from steplab.model import GPT
 from steplab.optim import (
     DEFAULT_LR,
@@ -26,7 +30,6 @@ from steplab.optim import (
     state_bytes,
     train_mode,
 )
-from steplab.train import Callback, Session, StopTraining, build, train, train_step
 
 NAMES = sorted(OPTIMIZERS)
 # Optimizers whose weight decay is decoupled (the rest have L2-coupled decay, switched off).

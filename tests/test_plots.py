@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from steplab.plots import PANELS, dashboard, loss_curves, smooth
+from steplab.figures import smooth
+from steplab.reports.plots import PANELS, dashboard, loss_curves
 
 
 def test_loss_curves_from_records(tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_dashboard_has_every_panel_and_series(tmp_path: Path) -> None:
 def test_plot_cli_png_svg_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from steplab.cli import main
+    from steplab.cli.main import main
 
     for name, speed in (("a", 10), ("b", 5)):
         (tmp_path / name).mkdir()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from steplab.cli import main
-from steplab.data import bundled_corpus
-from steplab.redact import KINDS, luhn_ok, redact
+from steplab.cli.main import main
+from steplab.data.corpus import bundled_corpus
+from steplab.data.redact import KINDS, luhn_ok, redact
 
 PERSONAL = """\
 Contact jane.doe+lists@example.co.uk or ops@mail.example.com for access.
@@ -88,7 +88,7 @@ def test_data_prepare_reports_counts_and_train_never_sees_the_originals(
     argv = ["train", "--preset", "tiny", "--data", str(corpus), "--data.redact", "--run-dir", str(run)]
     assert main([*argv, "--train.max-steps", "2", "--quiet", "--train.tensorboard", "false"]) == 0
     capsys.readouterr()
-    from steplab.data import prepare
+    from steplab.data.cache import prepare
     from steplab.presets import tiny
 
     cfg = tiny()

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from steplab.cli import main
+from steplab.cli.main import main
 from steplab.config import RunConfig
 from steplab.errors import SteplabError
+from steplab.loop.fit import train
 from steplab.presets import tiny
-from steplab.report import Section, Table, build_report, sample_texts
-from steplab.runs import load_run
-from steplab.train import train
+from steplab.reports.report import Section, Table, build_report, sample_texts
+from steplab.reports.runs import load_run
 
 
 def two_runs(root: Path, cfg: RunConfig) -> list[Path]:

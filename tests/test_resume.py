@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from steplab import checkpoint as ckpt
-from steplab.cli import main
-from steplab.data import BatchSampler
-from steplab.track import read_metrics
+from steplab.cli.main import main
+from steplab.data.batches import BatchSampler
+from steplab.rundir import read_metrics
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 
@@ -90,7 +90,7 @@ def kill_on_call(
 
 def torn_metrics_line(n: int) -> None:
     """SIGKILL halfway through writing the n-th metrics record."""
-    from steplab.track import MetricsLog
+    from steplab.trackers import MetricsLog
 
     original = MetricsLog.write
     calls = [0]
@@ -109,10 +109,10 @@ def torn_metrics_line(n: int) -> None:
 def kill_point(kind: str, n: int) -> Callable[[], None]:
     def install() -> None:
         import steplab.checkpoint
-        import steplab.train
+        import steplab.loop.fit
 
         if kind == "step":
-            kill_on_call(steplab.train, "train_step", n)
+            kill_on_call(steplab.loop.fit, "train_step", n)
         elif kind == "checkpoint-file":  # between optimizer.pt and rng.pt of a checkpoint
             kill_on_call(steplab.checkpoint.torch, "save", 2 * n)
         elif kind == "checkpoint-rename":  # everything written and fsynced, not yet published
@@ -230,11 +230,11 @@ def test_sigkill_at_random_points_resumes_bitwise(tmp_path: Path, reference: Pat
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path, reference: Path, sig: int) -> None:
-    import steplab.train
+    import steplab.loop.fit
 
     run = tmp_path / "preempted"
     argv = [*ARGS, "--run-dir", str(run)]
-    status = run_forked(argv, lambda: kill_on_call(steplab.train, "train_step", 17, sig), tmp_path / "log")
+    status = run_forked(argv, lambda: kill_on_call(steplab.loop.fit, "train_step", 17, sig), tmp_path / "log")
     log = (tmp_path / "log").read_text()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, log
     name = signal.Signals(sig).name

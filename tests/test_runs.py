@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from steplab.cli import main
+from steplab.cli.main import main
 from steplab.config import RunConfig
 from steplab.errors import SteplabError
-from steplab.runs import find_runs, format_table, human, labels_for, load_run, process_identity
-from steplab.train import Callback, train
+from steplab.loop.fit import train
+from steplab.loop.hooks import Callback
+from steplab.reports.runs import find_runs, format_table, human, labels_for, load_run
+from steplab.rundir import process_identity
 
 
 def two_runs(root: Path, cfg: RunConfig) -> tuple[Path, Path]:

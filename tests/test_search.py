@@ -12,10 +12,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from steplab.cli import main
+from steplab.cli.main import main
 from steplab.config import RunConfig, dump_toml, load_toml
 from steplab.errors import ConfigError, SteplabError
-from steplab.tune.search import (
+from steplab.tools.tune import (
     Objective,
     Param,
     Stopper,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from steplab.config import TokenizerConfig
+from steplab.data.tokenizer import StreamDecoder, from_json, train_tokenizer
 from steplab.errors import DataError
-from steplab.tokenizer import StreamDecoder, from_json, train_tokenizer
 
 CORPUS = ["Hello, world! naïve café — 東京 🎉\n", "def f(x):\n    return x ** 2  # ünïcödé\n"] * 20
 ODD = "Zebra ΩΣ ß 🚀🚀 \t tabs\r\nand \u200b zero-width, \x00 nul, 𝔘𝔫𝔦𝔠𝔬𝔡𝔢"

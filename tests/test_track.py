@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 import torch
 
-from steplab.config import RunConfig
+from steplab.config import RunConfig, flatten
 from steplab.errors import ConfigError
-from steplab.track import MetricsLog, flatten, memory_mb, read_metrics
-from steplab.train import train
+from steplab.loop.fit import train
+from steplab.rundir import read_metrics
+from steplab.runtime import memory_mb
+from steplab.trackers import MetricsLog
 
 
 def short(cfg: RunConfig) -> RunConfig:

@@ -24,7 +24,7 @@ import optuna
 import pytest
 
 from steplab.config import RunConfig, dump_toml
-from steplab.tune.search import Param, TuneSpec, open_storage, run_worker, tally
+from steplab.tools.tune import Param, TuneSpec, open_storage, run_worker, tally
 
 S = optuna.trial.TrialState
 

@@ -3,7 +3,7 @@
 The Python API mirrors the CLI::
 
     from steplab.presets import get_preset
-    from steplab.train import train
+    from steplab.loop.fit import train
 
     cfg = get_preset("default")
     cfg.train.max_steps = 200

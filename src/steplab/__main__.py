@@ -1,5 +1,5 @@
 """`python -m steplab ...` (and `torchrun -m steplab train ...`)."""
 
-from steplab.cli import main
+from steplab.cli.main import main
 
 raise SystemExit(main())

@@ -39,8 +39,8 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from steplab.config import RunConfig, dump_toml, load_toml
+from steplab.data.tokenizer import Tokenizer, from_json
 from steplab.errors import CheckpointError
-from steplab.tokenizer import Tokenizer, from_json
 
 PREFIX = "step_"
 

@@ -14,6 +14,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -205,7 +206,7 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class GuardConfig:
-    """Divergence guard: catch a non-finite or spiking step before its update lands (see steplab.guard)."""
+    """Divergence guard: catch a non-finite or spiking step before its update lands (see steplab.loop.guard)."""
 
     policy: Literal["off", "stop", "skip", "rollback"] = opt(
         "skip",
@@ -240,7 +241,7 @@ SHORTHANDS: dict[str, str] = {"data": "path", "tokenizer": "kind", "optim": "nam
 class RunConfig:
     """The root of the config tree: everything a run depends on."""
 
-    preset: str = opt("default", "the preset this config started from")
+    preset: str = opt("none", "the preset this config started from (none: the dataclass defaults)")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -252,7 +253,11 @@ class RunConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
 
     def validate(self) -> RunConfig:
-        """Check every field's type and range; raise `ConfigError` naming the flag."""
+        """Check every field's type and range; raise `ConfigError` naming the flag.
+
+        Names looked up in a registry (optimizer, schedule) are checked by the registry
+        itself when it is used (`steplab.loop.session.check` runs every check up front).
+        """
         for name in SECTIONS:
             section = getattr(self, name)
             for f in dataclasses.fields(section):
@@ -266,17 +271,6 @@ class RunConfig:
         t = self.train
         if t.max_steps is None and t.max_tokens is None and t.max_seconds is None:
             raise ConfigError("no budget: set --train.max-steps, --train.max-tokens or --train.max-seconds")
-        from steplab.optim import OPTIMIZERS
-        from steplab.schedules import SCHEDULES
-
-        if self.optim.name not in OPTIMIZERS:
-            raise ConfigError(
-                f"--optim.name: unknown optimizer {self.optim.name!r} (valid: {', '.join(sorted(OPTIMIZERS))})"
-            )
-        if self.schedule.name not in SCHEDULES:
-            raise ConfigError(
-                f"--schedule.name: unknown schedule {self.schedule.name!r} (valid: {', '.join(sorted(SCHEDULES))})"
-            )
         return self
 
 
@@ -404,12 +398,15 @@ def set_value(cfg: RunConfig, dotted: str, value: Any, where: str | None = None)
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    """A plain dict of the config (None values dropped: TOML has no null)."""
+    """A plain nested dict of the whole config, `None` values included."""
+    return dataclasses.asdict(cfg)
 
-    def clean(d: dict[str, Any]) -> dict[str, Any]:
-        return {k: (clean(v) if isinstance(v, dict) else v) for k, v in d.items() if v is not None}
 
-    return clean(dataclasses.asdict(cfg))
+NONE = "none"  # how TOML, which has no null, spells an unset optional field
+
+
+def _toml_safe(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (_toml_safe(v) if isinstance(v, dict) else NONE if v is None else v) for k, v in d.items()}
 
 
 def update_from_dict(cfg: RunConfig, data: dict[str, Any], source: str) -> RunConfig:
@@ -437,10 +434,23 @@ def load_toml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
 
 
 def dump_toml(cfg: RunConfig) -> str:
+    """Every field written out, unset optional ones as ``"none"``: a config file read back
+    gives the same config whatever the defaults it is read onto (`from_dict(to_dict(c)) == c`)."""
     import tomli_w
 
-    return tomli_w.dumps(to_dict(cfg))
+    return tomli_w.dumps(_toml_safe(to_dict(cfg)))
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
     return update_from_dict(RunConfig(), data, "config")
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 1e-3}} -> {"optim.lr": 1e-3}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from steplab.config import ModelConfig, OptimConfig
+from steplab.errors import ConfigError
 
 Groups = list[dict[str, Any]]
 
@@ -431,6 +432,7 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The configured optimizer over `param_groups(model, cfg)`."""
     groups = param_groups(model, cfg, model_cfg)
+    check_name(cfg.name)
     opt = OPTIMIZERS[cfg.name](groups, cfg, device)
     for g in opt.param_groups:
         g.setdefault("lr_mult", 1.0)
@@ -456,3 +458,11 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
         return 0
 
     return sum(size(s) for s in opt.state.values())
+
+
+def check_name(name: str) -> None:
+    """An unknown optimizer is a `ConfigError` that lists the registered ones."""
+    if name not in OPTIMIZERS:
+        raise ConfigError(
+            f"--optim.name: unknown optimizer {name!r} (valid: {', '.join(sorted(OPTIMIZERS))})"
+        )

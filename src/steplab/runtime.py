@@ -108,3 +108,37 @@ def environment(device: torch.device) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
+
+
+# --- memory ------------------------------------------------------------------------------
+
+
+def memory_mb(device: Any) -> dict[str, float]:
+    """The memory fields of a step record.
+
+    On CUDA, ``peak_mem_mb``: the peak bytes held by tensors (`max_memory_allocated`), the
+    number that decides whether a batch fits. Elsewhere, ``rss_mb``: the process's resident
+    set, which includes Python and torch themselves (a few hundred MiB before any model).
+    """
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return {"peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+    rss = rss_bytes()
+    return {"rss_mb": round(rss / 2**20, 1)} if rss else {}
+
+
+def rss_bytes() -> int | None:
+    """Current resident set size of this process (Linux /proc; the peak from getrusage elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+    except (ImportError, OSError):
+        return None

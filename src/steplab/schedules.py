@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from steplab.config import ScheduleConfig
+from steplab.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +84,7 @@ SCHEDULES: dict[str, ScheduleFn] = {
 
 def build_schedule(cfg: ScheduleConfig) -> Callable[[int, float], float]:
     """The configured schedule as `multiplier(step, progress)`."""
+    check_name(cfg.name)
     fn = SCHEDULES[cfg.name]
     shape = Shape(
         warmup_steps=cfg.warmup_steps,
@@ -91,3 +93,11 @@ def build_schedule(cfg: ScheduleConfig) -> Callable[[int, float], float]:
         cooldown=cfg.cooldown,
     )
     return lambda step, progress: fn(step, progress, shape)
+
+
+def check_name(name: str) -> None:
+    """An unknown schedule is a `ConfigError` that lists the registered ones."""
+    if name not in SCHEDULES:
+        raise ConfigError(
+            f"--schedule.name: unknown schedule {name!r} (valid: {', '.join(sorted(SCHEDULES))})"
+        )

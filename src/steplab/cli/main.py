@@ -96,7 +96,9 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
         if key.startswith(CFG_PREFIX):
             section, name = key[len(CFG_PREFIX) :].split(".", 1)
             set_value(cfg, f"{section}.{name}", value, where=f"--{section}.{name.replace('_', '-')}")
-    return cfg.validate()
+    from steplab.loop.session import check
+
+    return check(cfg)
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -118,7 +120,7 @@ def _strip_flag(argv: list[str], flag: str) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    from steplab.train import train
+    from steplab.loop.fit import train
 
     named = Path(args.run_dir) if args.run_dir else (Path("runs") / args.name if args.name else None)
     if args.resume and named is None:
@@ -138,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.quiet:  # also silences data preparation, which reads the config
         cfg.train.progress = False
     if isinstance(cfg.optim.lr, str):
-        from steplab.tune.lr_find import resolve_auto_lr
+        from steplab.tools.lr_find import resolve_auto_lr
 
         resolve_auto_lr(cfg, quiet=args.quiet)
     result = train(
@@ -183,8 +185,8 @@ def load_run_model(run: str, which: str, device_name: str):  # noqa: ANN201 - re
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from steplab.sample import generate
-    from steplab.tokenizer import StreamDecoder
+    from steplab.data.tokenizer import StreamDecoder
+    from steplab.generate import generate
 
     if args.max_new_tokens < 0:
         raise SteplabError(f"--max-new-tokens must be >= 0 (got {args.max_new_tokens})")
@@ -216,7 +218,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from steplab.data import prepare, val_windows
+    from steplab.data.batches import val_windows
+    from steplab.data.cache import prepare
     from steplab.evaluate import mean_loss, summarize
     from steplab.runtime import autocast, autocast_dtype
 
@@ -342,14 +345,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 # Modules that add their own commands (compare, tune, report, ...): each has
 # `register_cli(subparsers, commands)`. Imported only when the CLI runs.
 COMMAND_MODULES: list[str] = [
-    "steplab.runs",
-    "steplab.plots",
-    "steplab.report",
-    "steplab.export",
-    "steplab.doctor",
-    "steplab.datacmd",
-    "steplab.tune.cli",
-    "steplab.compare",
+    "steplab.reports.runs",
+    "steplab.reports.plots",
+    "steplab.reports.report",
+    "steplab.tools.export",
+    "steplab.tools.doctor",
+    "steplab.cli.data",
+    "steplab.cli.tools",
+    "steplab.tools.compare",
 ]
 
 

@@ -14,230 +14,35 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 
 from steplab import checkpoint as ckpt
 from steplab import dist as dist_mod
 from steplab.checkpoint import TrainState
 from steplab.config import RunConfig, dump_toml, to_dict
-from steplab.data import BatchSampler, TokenData, prepare, val_windows
-from steplab.errors import ConfigError, DataError, SteplabError
-from steplab.evaluate import mean_loss, summarize
-from steplab.guard import Guard, snapshot, update_ratio
-from steplab.model import GPT, count_params, flops_per_token, matmul_params
-from steplab.optim import build_optimizer, eval_mode, set_lr
-from steplab.runs import process_identity
+from steplab.errors import SteplabError
+from steplab.loop.guard import Guard, snapshot, update_ratio
+from steplab.loop.hooks import Callback, StopTraining
+from steplab.loop.session import Session, build, evaluate
+from steplab.loop.step import train_step
+from steplab.model import count_params
+from steplab.optim import eval_mode, set_lr
+from steplab.progress import ProgressView, fmt_duration
+from steplab.rundir import count_records, process_identity, truncate_metrics, truncate_records
 from steplab.runtime import (
-    autocast,
-    autocast_dtype,
-    configure_threads,
     environment,
-    peak_flops,
+    memory_mb,
     resolve_device,
 )
-from steplab.schedules import build_schedule
-from steplab.track import (
-    MetricsLog,
-    ProgressView,
-    count_records,
-    fmt_duration,
-    memory_mb,
-    truncate_metrics,
-    truncate_records,
-)
-
-# --- the step -----------------------------------------------------------------------------
-
-
-@dataclass
-class StepResult:
-    loss: torch.Tensor  # mean loss over the micro-batches, on the device
-    grad_norm: torch.Tensor  # global gradient norm before clipping, on the device
-    applied: bool = True  # False when `check` refused the update
-
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    *,
-    grad_clip: float,
-    amp: AbstractContextManager | None = None,
-    no_sync: Callable[[], AbstractContextManager] | None = None,
-    check: Callable[[torch.Tensor, torch.Tensor], bool] | None = None,
-) -> StepResult:
-    """One optimizer step over `len(batches)` micro-batches (gradient accumulation).
-
-    `no_sync` (DDP) skips the gradient all-reduce on every micro-batch but the last.
-    `check(loss, grad_norm)` runs before the update and may refuse it (the divergence guard).
-    No host synchronisation happens here (unless `check` makes one): the returned tensors
-    stay on the device.
-    """
-    n = len(batches)
-    total: torch.Tensor | None = None
-    for i, (x, y) in enumerate(batches):
-        sync_ctx = no_sync() if (no_sync is not None and i < n - 1) else nullcontext()
-        with sync_ctx:
-            with amp or nullcontext():
-                _, loss = model(x, y)
-            (loss / n if n > 1 else loss).backward()
-        total = loss.detach() if total is None else total + loss.detach()
-    assert total is not None, "train_step needs at least one micro-batch"
-    mean_loss = total / n if n > 1 else total
-    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    if grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-    else:
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
-        grad_norm = grad_norm.full_tensor()
-    if check is not None and not check(mean_loss, grad_norm):
-        optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss=mean_loss, grad_norm=grad_norm, applied=False)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=mean_loss, grad_norm=grad_norm)
-
-
-# --- the session: everything a run needs, built from the config ----------------------------
-
-
-@dataclass
-class Session:
-    """The runtime objects of one run, built from a `RunConfig` by `build`."""
-
-    cfg: RunConfig
-    device: torch.device
-    data: TokenData
-    model: GPT  # the plain model (checkpoints, eval, sampling)
-    step_model: nn.Module  # what the step calls: the model, compiled or wrapped for DDP
-    optimizer: torch.optim.Optimizer
-    schedule: Callable[[int, float], float]
-    sampler: BatchSampler
-    val: tuple[torch.Tensor, torch.Tensor]
-    amp_dtype: torch.dtype | None
-    flops_per_token: float
-    peak_flops: float | None
-    no_sync: Callable[[], AbstractContextManager] | None = None
-    dist: dist_mod.DistInfo = field(default_factory=dist_mod.DistInfo)
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 alone logs, writes checkpoints and prints."""
-        return self.dist.is_main
-
-    def amp(self) -> AbstractContextManager:
-        return autocast(self.device, self.amp_dtype)
-
-    def micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The micro-batches of optimizer step `step` (a pure function of seed and step)."""
-        k = self.cfg.train.grad_accum
-        return [self.sampler.batch_at(step * k + i) for i in range(k)]
-
-    @property
-    def peak_lr(self) -> float:
-        lr = self.cfg.optim.lr
-        if not isinstance(lr, float):
-            raise ConfigError("--optim.lr auto must be resolved by the LR finder before training")
-        return lr
-
-
-def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device | None = None) -> Session:
-    """Tokenize (or reuse the cache), build model, optimizer, schedule and sampler.
-
-    Under torchrun the model is wrapped for DDP or FSDP2 (`steplab.dist`); the optimizer is
-    built after the wrapping so that it sees FSDP's sharded parameters.
-    """
-    cfg.validate()
-    configure_threads(cfg.train)
-    device = device or resolve_device(cfg.train.device)
-    info = dist_mod.init_from_env(device.type)
-    device = dist_mod.local_device(info, device)
-    data = data or prepare(cfg.data, cfg.tokenizer, progress=cfg.train.progress and info.is_main)
-    if cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = data.tokenizer.vocab_size
-    elif cfg.model.vocab_size < data.tokenizer.vocab_size:
-        raise ConfigError(
-            f"--model.vocab-size {cfg.model.vocab_size} is smaller than the tokenizer's {data.tokenizer.vocab_size}"
-        )
-    try:
-        sampler = BatchSampler(
-            data.train,
-            cfg.model.block_size,
-            cfg.train.batch_size,
-            cfg.train.seed,
-            device,
-            rank=info.rank,
-            world_size=info.world_size,
-        )
-    except DataError as e:  # name the corpus: the sampler only sees its tokens
-        raise DataError(f"--data {cfg.data.path or 'bundled corpus'}: {e}") from None
-    torch.manual_seed(cfg.train.seed)
-    model = GPT(cfg.model).to(device)
-    fpt = flops_per_token(cfg.model, matmul_params(model))
-    step_model: nn.Module = model
-    if info.enabled:
-        step_model = (dist_mod.apply_fsdp if cfg.train.parallel == "fsdp" else dist_mod.apply_ddp)(
-            model, device
-        )
-    optimizer = build_optimizer(model, cfg.optim, device, cfg.model)
-    if cfg.train.compile:
-        step_model = torch.compile(step_model)  # type: ignore[assignment]
-    return Session(
-        cfg=cfg,
-        device=device,
-        data=data,
-        model=model,
-        step_model=step_model,
-        optimizer=optimizer,
-        schedule=build_schedule(cfg.schedule),
-        sampler=sampler,
-        val=val_windows(
-            data.val, cfg.eval.window or cfg.model.block_size, cfg.eval.max_windows, cfg.train.seed
-        ),
-        amp_dtype=autocast_dtype(cfg.train, device),
-        flops_per_token=fpt,
-        peak_flops=peak_flops(device),
-        no_sync=dist_mod.no_sync_for(step_model),
-        dist=info,
-    )
-
-
-def evaluate(s: Session) -> dict[str, float]:
-    """Validation metrics; under torchrun each rank takes an equal share of the windows."""
-    x, y = s.val
-    if s.dist.enabled:
-        per_rank = len(x) // s.dist.world_size  # equal shares: FSDP needs the same number of forwards
-        rows = slice(s.dist.rank * per_rank, (s.dist.rank + 1) * per_rank)
-        x, y = x[rows], y[rows]
-    with eval_mode(s.optimizer):  # schedule-free optimizers evaluate their averaged weights
-        loss = mean_loss(s.model, x, y, batch_size=s.cfg.eval.batch_size, device=s.device, amp=s.amp())
-    if s.dist.enabled:
-        loss = float(dist_mod.all_reduce(torch.tensor(loss, dtype=torch.float64, device=s.device)).item())
-    return summarize(loss, s.data.bytes_per_token)
-
+from steplab.trackers import MetricsLog
 
 # --- the loop -----------------------------------------------------------------------------
-
-
-class StopTraining(Exception):
-    """Raised by a callback to end the run early (the run still finishes cleanly)."""
-
-
-class Callback:
-    """Hooks into the loop; subclasses override what they need."""
-
-    def on_log(self, s: Session, state: TrainState, record: dict[str, Any]) -> None:
-        """After a logged step with a finite loss; keys added to `record` are logged with it."""
-
-    def on_eval(self, s: Session, state: TrainState, record: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -630,7 +435,7 @@ def train(
         check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     s = build(cfg)  # a bad corpus or config fails here, before the run directory is touched
     if cfg.train.noise_scale_every:  # the online gradient-noise-scale meter
-        from steplab.tune.batch_find import meter_callbacks
+        from steplab.loop.noise_scale import meter_callbacks
 
         callbacks = [*callbacks, *meter_callbacks(cfg)]
     state = None

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from steplab import __version__
+from steplab.config import flatten
 from steplab.errors import SteplabError
-from steplab.runs import COLUMNS, Run, format_cell, load_run, load_runs
-from steplab.track import ProgressView, flatten
+from steplab.progress import ProgressView
+from steplab.reports.runs import COLUMNS, Run, format_cell, load_run, load_runs
 
 # --- the document model: sections rendered to both HTML and Markdown ------------------------
 
@@ -155,7 +156,7 @@ def _final(run: Run, key: str, spec: str) -> str:
 
 
 def plots_section(runs: Sequence[Run], assets: Path) -> Section:
-    from steplab.plots import dashboard, loss_curves
+    from steplab.reports.plots import dashboard, loss_curves
 
     sources = {r.name: r.records for r in runs}
     if not any(sources.values()):
@@ -178,9 +179,9 @@ def sample_texts(
     import torch
 
     from steplab import checkpoint as ckpt
+    from steplab.generate import generate
     from steplab.model import GPT
     from steplab.runtime import resolve_device
-    from steplab.sample import generate
 
     path = ckpt.latest(run.path)
     loaded = ckpt.load(path, with_optimizer=False)

@@ -2,7 +2,7 @@
 
 Every variant (the cartesian product of the ``--vary`` settings, plus any named
 ``--variant``) is trained once per seed on the same data, seeds and budget. Each run is a
-normal run directory under the compare directory, trained by `steplab.train.train`, so it
+normal run directory under the compare directory, trained by `steplab.loop.fit.train`, so it
 can be sampled, evaluated or resumed like any other. Running the same command again skips
 finished runs and resumes interrupted ones from their newest checkpoint.
 
@@ -36,12 +36,15 @@ from typing import Any
 
 import torch
 
-from steplab.config import RunConfig, to_dict
+from steplab.config import RunConfig, flatten, to_dict
 from steplab.errors import ConfigError, SteplabError
+from steplab.loop.fit import TrainState, tokens_per_step, train
+from steplab.loop.hooks import Callback
+from steplab.loop.session import Session, check
 from steplab.optim import DEFAULT_LR, state_bytes
+from steplab.progress import fmt_duration
+from steplab.rundir import read_metrics
 from steplab.stats import mean_std, welch_t_test
-from steplab.track import flatten, fmt_duration, read_metrics
-from steplab.train import Callback, Session, TrainState, tokens_per_step, train
 
 DONE = ("finished", "target", "diverged", "stopped")  # statuses that need no more training
 
@@ -149,7 +152,7 @@ def variant_config(
     cfg = copy.deepcopy(base)
     for key, value in v.overrides:
         set_value(cfg, key, value, where=f"--vary {key}")
-    cfg.validate()  # an unknown optimizer is named here, with the valid ones
+    check(cfg)  # an unknown optimizer is named here, with the valid ones
     keys = {k for k, _ in v.overrides}
     if "optim.lr" in keys or lr_fixed:
         lr_source = "set"
@@ -168,7 +171,7 @@ def variant_config(
     cfg.eval.every = eval_every(cfg, target)
     if cfg.checkpoint.every == 0 and cfg.eval.every:  # an interrupted compare resumes from there
         cfg.checkpoint.every = cfg.eval.every
-    return cfg.validate(), lr_source
+    return check(cfg), lr_source
 
 
 # --- one run's numbers, read back from its directory --------------------------------------------
@@ -387,7 +390,7 @@ def write_report(
     out: Path, rows: Sequence[Row], *, target: float | None, command: str, notes: Sequence[str]
 ) -> None:
     """compare.md, results.json and the two loss plots, from the runs' directories."""
-    from steplab.plots import loss_curves
+    from steplab.reports.plots import loss_curves
 
     first = {row.label: Path(row.runs[0].run_dir) for row in rows if row.runs}
     plots = {}
@@ -610,7 +613,7 @@ def compare(
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from steplab.cli import config_from_args
+    from steplab.cli.main import config_from_args
 
     base = config_from_args(args)
     variants = plan_variants(parse_vary(args.vary or []), [parse_variant(t) for t in args.variant or []])
@@ -645,7 +648,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub: Any, commands: dict[str, Any]) -> None:
-    from steplab.cli import add_config_flags
+    from steplab.cli.main import add_config_flags
 
     p = sub.add_parser(
         "compare",

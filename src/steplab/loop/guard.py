@@ -48,7 +48,7 @@ from steplab import checkpoint as ckpt
 from steplab.checkpoint import TrainState
 from steplab.config import GuardConfig
 from steplab.errors import ConfigError
-from steplab.track import truncate_records
+from steplab.rundir import truncate_records
 
 DEFAULTS: dict[str, Any] = {
     "mean": 0.0,  # moving mean of accepted losses

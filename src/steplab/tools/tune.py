@@ -1,6 +1,6 @@
 """Hyperparameter search on Optuna: `steplab tune`.
 
-A trial is `steplab.train.train` with sampled values set on the base config, a pruning
+A trial is `steplab.loop.fit.train` with sampled values set on the base config, a pruning
 callback that reports each evaluation's validation loss, and its own run directory under the
 study directory. The search space is a small TOML file, one table per config field::
 
@@ -52,7 +52,9 @@ import tomllib
 
 from steplab.config import SECTIONS, RunConfig, dump_toml, set_value
 from steplab.errors import ConfigError, SteplabError
-from steplab.train import Callback, Session, train
+from steplab.loop.fit import train
+from steplab.loop.hooks import Callback
+from steplab.loop.session import Session, check
 
 KINDS = ("float", "log_float", "int", "log_int", "categorical")
 
@@ -151,7 +153,7 @@ def apply(base: RunConfig, params: dict[str, Any]) -> RunConfig:
     cfg = copy.deepcopy(base)
     for key, value in params.items():
         set_value(cfg, key, value, where=f"--space {key}")
-    return cfg.validate()
+    return check(cfg)
 
 
 # --- storage and workers ---------------------------------------------------------------------
@@ -645,9 +647,9 @@ def write_outputs(study: Any, spec: TuneSpec) -> dict[str, Path]:
 
 def _plots(study: Any, out_dir: Path) -> dict[str, Path]:
     optuna = _optuna()
-    from steplab.plots import _pyplot
+    from steplab.figures import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     out: dict[str, Path] = {}
     vis = optuna.visualization.matplotlib
     with warnings.catch_warnings():

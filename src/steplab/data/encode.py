@@ -1,7 +1,7 @@
 """Corpus → token file, streaming: train the tokenizer on a pass over the text, then encode in
 worker processes and append the tokens to the file as each piece comes back.
 
-Memory stays bounded whatever the corpus size: `steplab.corpus` yields pieces of at most about
+Memory stays bounded whatever the corpus size: `steplab.data.corpus` yields pieces of at most about
 a megabyte, at most two batches per worker are in flight, and nothing holds the whole text or
 the whole token array. The tokens are `tokenizer.encode` of each document followed by a newline
 (the last document by nothing), exactly what encoding the joined corpus document by document
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from steplab.config import DataConfig, TokenizerConfig
-from steplab.corpus import Piece, read_documents, read_pieces, source_bytes
-from steplab.tokenizer import (
+from steplab.data.corpus import Piece, read_documents, read_pieces, source_bytes
+from steplab.data.tokenizer import (
     BPETokenizer,
     ByteTokenizer,
     CharTokenizer,
@@ -64,7 +64,7 @@ def pieces(cfg: DataConfig, stats: Stats | None = None) -> Iterator[Piece]:
     if not cfg.redact:
         yield from read_pieces(cfg)
         return
-    from steplab.redact import redact
+    from steplab.data.redact import redact
 
     for doc in read_documents(cfg):
         text, counts = redact(doc)
@@ -202,7 +202,7 @@ def encode_to_file(
     data_cfg: DataConfig, tok: Tokenizer, out: Path, stats: Stats, *, progress: bool = False
 ) -> int:
     """Append the corpus's tokens to `out` (dtype `token_dtype(tok)`); return how many."""
-    from steplab.track import ProgressView
+    from steplab.progress import ProgressView
 
     dtype = token_dtype(tok)
     workers = resolve_workers(data_cfg)

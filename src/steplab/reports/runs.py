@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,46 +24,11 @@ from typing import Any
 import tomllib
 
 from steplab.errors import SteplabError
-from steplab.track import fmt_duration, read_metrics
+from steplab.progress import fmt_duration
+from steplab.rundir import process_alive, read_metrics
 
 MARKERS = ("run.json", "metrics.jsonl")  # a directory holding either is a run
 SKIP_DIRS = {"checkpoints", "tb", "__pycache__"}
-
-
-# --- is the process alive? -----------------------------------------------------------------
-
-
-def _proc_start(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name in (...) may hold spaces
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def process_identity() -> dict[str, Any]:
-    """pid, host and start time of this process: written into run.json by the training loop."""
-    pid = os.getpid()
-    return {"pid": pid, "host": socket.gethostname(), "pid_start": _proc_start(pid)}
-
-
-def process_alive(info: dict[str, Any]) -> bool | None:
-    """Whether the process recorded in `info` still runs: None when this machine cannot tell."""
-    pid, host = info.get("pid"), info.get("host")
-    if not isinstance(pid, int) or host != socket.gethostname():
-        return None
-    try:
-        os.kill(pid, 0)  # signal 0: an existence check, nothing is sent
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        pass
-    start = info.get("pid_start")
-    now = _proc_start(pid)
-    reused = start is not None and now is not None and now != start  # a later process got the pid
-    return not reused
-
 
 # --- a run read back -----------------------------------------------------------------------
 

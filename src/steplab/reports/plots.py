@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from steplab.errors import SteplabError
-from steplab.track import read_metrics
+from steplab.figures import pyplot, smooth
+from steplab.rundir import read_metrics
 
 X_LABELS = {
     "step": "optimizer step",
@@ -31,24 +32,6 @@ FORMATS = (".png", ".svg", ".pdf")
 
 Series = tuple[list[float], list[float]]
 Source = Path | str | Sequence[Mapping[str, Any]]
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def smooth(values: Sequence[float], alpha: float = 0.9) -> list[float]:
-    """Bias-corrected exponential moving average (the smoothed train curve)."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values):
-        avg = alpha * avg + (1 - alpha) * v
-        out.append(avg / (1 - alpha ** (i + 1)))
-    return out
 
 
 def series(records: Sequence[Mapping[str, Any]], x: str, y: str) -> Series:
@@ -92,7 +75,7 @@ def loss_curves(
     if x not in X_LABELS:
         raise ValueError(f"x must be one of {', '.join(X_LABELS)} (got {x!r})")
     out = _check_out(out)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     records = {label: _records(src) for label, src in runs.items()}
     scale = _x_scale(x, _xs(records.values(), x, ("loss", "val_loss")))
@@ -213,7 +196,7 @@ def dashboard(
     says so instead of staying blank.
     """
     out = _check_out(out)
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     cols = 4
@@ -262,7 +245,7 @@ def dashboard(
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from steplab.runs import load_runs
+    from steplab.reports.runs import load_runs
 
     if not 0 <= args.smoothing < 1:
         raise SteplabError(f"--smoothing must be in [0, 1) (got {args.smoothing})")

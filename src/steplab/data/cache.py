@@ -1,8 +1,8 @@
 """Corpus → tokens on disk → batches.
 
 A corpus is a text file, JSONL, CSV or parquet, a directory of them, or a Hugging Face
-dataset saved with ``save_to_disk`` (reading is `steplab.corpus`). It is tokenized once,
-streaming and in worker processes (`steplab.encode`), into a memory-mapped array (uint16
+dataset saved with ``save_to_disk`` (reading is `steplab.data.corpus`). It is tokenized once,
+streaming and in worker processes (`steplab.data.encode`), into a memory-mapped array (uint16
 when the vocabulary fits) next to a small ``meta.json`` (tokenizer, counts, source hash);
 later runs reuse it while the source and the tokenizer settings are unchanged. The last
 `val_fraction` of the tokens is the validation split. Batches come from `batch_at(step)`: a
@@ -22,19 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from steplab import encode
 from steplab.config import DataConfig, TokenizerConfig
-from steplab.corpus import (  # noqa: F401 - the readers' names, importable from here as before
-    TEXT_SUFFIXES,
-    bundled_corpus,
-    read_documents,
-    source_files,
-    source_hash,
-)
+from steplab.data import encode
+from steplab.data.corpus import TEXT_SUFFIXES, bundled_corpus, read_documents, source_files, source_hash  # noqa: F401 - the readers' names, importable from here as before
+from steplab.data.tokenizer import Tokenizer, from_json
 from steplab.errors import DataError
-from steplab.tokenizer import Tokenizer, from_json
 
 CACHE_VERSION = 2  # 2: streamed; the tokenizer trains on the documents with their newlines
 
@@ -129,73 +122,3 @@ def _build_cache(
         os.replace(tmp, cache)
     except OSError:  # another process built the same cache first
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-# --- batches ------------------------------------------------------------------------------
-
-
-class BatchSampler:
-    """Random windows of `block_size + 1` tokens; batch k is a pure function of (seed, k).
-
-    Under torchrun every rank draws the same global batch of `batch_size` windows and keeps
-    its own slice, so the data, and the losses, do not depend on the number of processes.
-    """
-
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        block_size: int,
-        batch_size: int,
-        seed: int,
-        device: torch.device,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        if len(tokens) <= block_size + 1:
-            raise DataError(
-                f"training split has {len(tokens)} tokens, fewer than one context window "
-                f"({block_size + 1}); use more text or a smaller --model.block-size"
-            )
-        if batch_size % world_size:
-            raise DataError(
-                f"--train.batch-size {batch_size} must be divisible by the number of processes ({world_size})"
-            )
-        self.data = torch.from_numpy(np.asarray(tokens).astype(np.int64))
-        self.block_size, self.batch_size, self.seed, self.device = block_size, batch_size, seed, device
-        self.offsets = torch.arange(block_size + 1)
-        per_rank = batch_size // world_size
-        self.rows = slice(rank * per_rank, (rank + 1) * per_rank)
-
-    def batch_at(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The index-th micro-batch (this rank's slice of it): inputs and targets, (B, T) each."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        starts = torch.randint(len(self.data) - self.block_size - 1, (self.batch_size,), generator=g)[
-            self.rows
-        ]
-        window = self.data[starts[:, None] + self.offsets]  # (B, T + 1)
-        x, y = window[:, :-1], window[:, 1:]
-        if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(
-                self.device, non_blocking=True
-            )
-        return x.to(self.device), y.to(self.device)
-
-
-def val_windows(
-    tokens: np.ndarray, block_size: int, max_windows: int | None, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Non-overlapping windows over the validation split (or a fixed seeded subset of them)."""
-    data = torch.from_numpy(np.asarray(tokens).astype(np.int64))
-    if len(data) < 2:
-        raise DataError(
-            f"validation split has {len(data)} tokens; use more text or a larger --data.val-fraction"
-        )
-    block_size = min(block_size, len(data) - 1)  # a split shorter than the context: one shorter window
-    n = (len(data) - 1) // block_size
-    x = data[: n * block_size].view(n, block_size)
-    y = data[1 : n * block_size + 1].view(n, block_size)
-    if max_windows is not None and max_windows < n:
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_windows].sort().values
-        x, y = x[idx], y[idx]
-    return x, y

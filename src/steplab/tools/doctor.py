@@ -33,8 +33,8 @@ from typing import Any
 import tomllib
 
 from steplab.errors import SteplabError
-from steplab.plots import smooth
-from steplab.track import read_metrics
+from steplab.figures import smooth
+from steplab.rundir import read_metrics
 
 SMOOTHING = 0.6  # EMA factor for the loss curves the rules read: light, so trends show early
 

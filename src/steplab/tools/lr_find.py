@@ -5,7 +5,7 @@ grows exponentially from `lr_min` to `lr_max`; the loss of every step is recorde
 stops early once the smoothed loss has blown up. The model is a throw-away copy built from
 the config: the real run starts from its own fresh initialisation.
 
-It is `steplab.train.fit` with two changes, not a copy of the loop: the session's schedule
+It is `steplab.loop.fit.fit` with two changes, not a copy of the loop: the session's schedule
 is replaced by the exponential ramp (peak lr 1.0, so the multiplier *is* the learning rate)
 and a callback records the losses and raises `StopTraining` on divergence.
 
@@ -33,8 +33,10 @@ import numpy as np
 
 from steplab.config import RunConfig
 from steplab.errors import SteplabError
-from steplab.plots import smooth
-from steplab.train import Callback, Session, StopTraining, build, fit
+from steplab.figures import smooth
+from steplab.loop.fit import fit
+from steplab.loop.hooks import Callback, StopTraining
+from steplab.loop.session import Session, build
 
 RULES = ("steepest", "min10")
 DEFAULT_RULE = "steepest"
@@ -252,9 +254,9 @@ def _nan_to_str(v: Any) -> Any:
 
 
 def plot(res: LRFindResult, out: Path) -> None:
-    from steplab.plots import _pyplot
+    from steplab.figures import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(res.lrs, res.losses, color="C0", alpha=0.35, lw=1, label="loss per step")
     ax.plot(res.lrs, res.smoothed, color="C0", lw=2, label="smoothed")

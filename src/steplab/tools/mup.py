@@ -27,11 +27,12 @@ import torch
 import torch.nn as nn
 
 from steplab.config import RunConfig
-from steplab.data import TokenData
+from steplab.data.cache import TokenData
 from steplab.errors import ConfigError, SteplabError
+from steplab.loop.session import build
+from steplab.loop.step import train_step
 from steplab.model import GPT, Block
 from steplab.optim import mup_lr_mults, set_lr
-from steplab.train import build, train_step
 
 # --- transfer ----------------------------------------------------------------------------------
 
@@ -156,9 +157,9 @@ def slopes(check: CoordCheck, step: int = -1) -> dict[str, float]:
 
 def plot_coord_checks(checks: Sequence[CoordCheck], out: Path) -> None:
     """One row per parametrization, one column per step; a line per layer against the width."""
-    from steplab.plots import _pyplot
+    from steplab.figures import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     steps = max(c.steps for c in checks)
     cols = sorted({0, steps // 2, steps - 1}) if steps > 3 else list(range(steps))
     fig, axes = plt.subplots(

@@ -1,7 +1,7 @@
 """The `steplab data` commands: get a corpus ready before training.
 
 ``steplab data prepare`` reads the corpus, optionally scrubs personal data and secrets
-(``--redact``, see `steplab.redact`), trains the tokenizer and writes the token cache that
+(``--redact``, see `steplab.data.redact`), trains the tokenizer and writes the token cache that
 `steplab train` with the same data and tokenizer settings then reuses. It reports what it
 found, including how many items of each kind were redacted.
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from steplab.cli import config_from_args
-    from steplab.data import cache_root, prepare
+    from steplab.cli.main import config_from_args
+    from steplab.data.cache import cache_root, prepare
 
     cfg = config_from_args(args)
     if args.redact:
@@ -39,7 +39,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub: Any, commands: dict[str, Any]) -> None:
-    from steplab.cli import Parser, add_config_flags
+    from steplab.cli.main import Parser, add_config_flags
 
     p = sub.add_parser("data", help="prepare a corpus: tokenize, cache and optionally redact it")
     inner = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=Parser, required=True)

@@ -36,9 +36,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from steplab.config import ModelConfig
+from steplab.data.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, from_json
 from steplab.errors import SteplabError
 from steplab.model import GPT
-from steplab.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, from_json
 
 
 class ExportError(SteplabError):

@@ -20,7 +20,7 @@ def _stamp(*parts: str) -> str:
 def _resolve_auto_lr(cfg: Any, *, skip: bool = False) -> None:
     """`--optim.lr auto` outside `train`: run the range test once, up front."""
     if isinstance(cfg.optim.lr, str) and not skip:
-        from steplab.tune.lr_find import resolve_auto_lr
+        from steplab.tools.lr_find import resolve_auto_lr
 
         resolve_auto_lr(cfg)
 
@@ -36,8 +36,8 @@ def _widths(text: str) -> list[int]:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from steplab.cli import config_from_args
-    from steplab.tune.lr_find import lr_find, write_result
+    from steplab.cli.main import config_from_args
+    from steplab.tools.lr_find import lr_find, write_result
 
     cfg = config_from_args(args)
     res = lr_find(cfg, steps=args.steps, lr_min=args.lr_min, lr_max=args.lr_max, rule=args.rule)
@@ -62,8 +62,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def cmd_batch_find(args: argparse.Namespace) -> int:
     from steplab import checkpoint as ckpt
-    from steplab.cli import config_from_args
-    from steplab.tune.batch_find import batch_find
+    from steplab.cli.main import config_from_args
+    from steplab.tools.batch_find import batch_find
 
     cfg = config_from_args(args)
     _resolve_auto_lr(cfg)
@@ -122,8 +122,8 @@ def cmd_batch_find(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from steplab.cli import config_from_args
-    from steplab.tune.search import TuneSpec, load_space, run_study, table, write_outputs
+    from steplab.cli.main import config_from_args
+    from steplab.tools.tune import TuneSpec, load_space, run_study, table, write_outputs
 
     cfg = config_from_args(args)
     if args.budget_seconds is not None and args.budget_steps is not None:
@@ -171,8 +171,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_coord_check(args: argparse.Namespace) -> int:
-    from steplab.cli import config_from_args
-    from steplab.tune.mup import check_widths, coord_check, plot_coord_checks, slopes
+    from steplab.cli.main import config_from_args
+    from steplab.tools.mup import check_widths, coord_check, plot_coord_checks, slopes
 
     cfg = config_from_args(args)
     _resolve_auto_lr(cfg, skip=args.lr is not None)
@@ -203,7 +203,7 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from steplab.tune.mup import group_lrs, scaled_config
+    from steplab.tools.mup import group_lrs, scaled_config
 
     src = Path(getattr(args, "from"))
     cfg = load_toml(src)
@@ -227,7 +227,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub: Any, commands: dict[str, Any]) -> None:
-    from steplab.cli import add_config_flags
+    from steplab.cli.main import add_config_flags
 
     p = sub.add_parser("lr-find", help="learning-rate range test: suggest --optim.lr for this config")
     add_config_flags(p)

@@ -1,0 +1,1 @@
+"""Reading runs back: the runs table, plots and HTML/Markdown reports."""
