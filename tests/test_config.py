@@ -181,7 +181,9 @@ def test_config_round_trips_through_dict_and_toml(preset: str, budget: str, tmp_
     assert load_toml(tmp_path / "c.toml", base=PRESETS["gpt2_small"]()) == cfg  # whatever it is read onto
 
 
-def test_a_seconds_budget_run_resumes_with_its_own_budget(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_seconds_budget_run_resumes_with_its_own_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     import tomllib
 
     from steplab.cli import main

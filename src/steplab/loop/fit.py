@@ -9,7 +9,6 @@ their config and callbacks, not in a copy of this loop.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys
@@ -26,7 +25,6 @@ from steplab import checkpoint as ckpt
 from steplab import dist as dist_mod
 from steplab.checkpoint import TrainState
 from steplab.config import RunConfig, dump_toml, to_dict
-from steplab.errors import SteplabError
 from steplab.loop.guard import Guard, snapshot, update_ratio
 from steplab.loop.hooks import Callback, StopTraining
 from steplab.loop.session import Session, build, evaluate
@@ -34,7 +32,7 @@ from steplab.loop.step import train_step
 from steplab.model import count_params
 from steplab.optim import eval_mode, set_lr
 from steplab.progress import ProgressView, fmt_duration
-from steplab.rundir import count_records, process_identity, truncate_metrics, truncate_records
+from steplab.rundir import RunDir, count_records, truncate_metrics, truncate_records
 from steplab.runtime import (
     environment,
     memory_mb,
@@ -95,35 +93,6 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an earlier run unless told to resume it or start over (touches nothing)."""
-    run_dir = Path(run_dir)
-    has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
-    if has_run and not resume and not overwrite:
-        raise SteplabError(
-            f"run directory {run_dir} already holds a run; pass --resume to continue it, "
-            "--overwrite to replace it, or choose another --run-dir"
-        )
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SteplabError(f"--run-dir {run_dir} is a file, not a directory")
-
-
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """`check_run_dir`, then clear the old run when overwriting and create the directory."""
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    if overwrite and not resume and run_dir.exists():
-        import shutil
-
-        for child in ("checkpoints", "metrics.jsonl", "tb", "summary.json", "run.json"):
-            p = run_dir / child
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
 def restore(s: Session, run_dir: Path) -> TrainState:
     """Load the newest valid checkpoint of `run_dir` into the session; return its counters.
 
@@ -159,9 +128,8 @@ def fit(
     )
     n_params = count_params(s.model)
     if run_dir and s.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(dump_toml(cfg))
-        (run_dir / "tokenizer.json").write_text(json.dumps(s.data.tokenizer.to_json()))
+        RunDir(run_dir).write_config(dump_toml(cfg))
+        RunDir(run_dir).write_tokenizer(s.data.tokenizer.to_json())
         _write_run_json(run_dir, s, status="running", params=n_params)
     per_step = tokens_per_step(cfg)
     unit = "steps" if t.max_steps and not (t.max_tokens or t.max_seconds) else "%"
@@ -395,28 +363,23 @@ def fit(
             "best_step": state.best_step,
             **final,
         }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        RunDir(run_dir).write_summary(summary)
     return Result(state=state, status=status, final=final, run_dir=run_dir)
 
 
 def _write_run_json(run_dir: Path, s: Session, *, status: str, params: int) -> None:
-    path = run_dir / "run.json"
-    info = json.loads(path.read_text()) if path.exists() else {}
-    if "environment" not in info:
-        info["environment"] = environment(s.device)
-        info["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    info.update(
+    rd = RunDir(run_dir)
+    extra = {} if "environment" in rd.read_info() else {"environment": environment(s.device)}
+    rd.update_info(
         status=status,
         params=params,
         preset=s.cfg.preset,
         optimizer=s.cfg.optim.name,
         seed=s.cfg.train.seed,
-        updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         flops_per_token=s.flops_per_token,
         data_meta=s.data.meta,
-        **process_identity(),  # lets `steplab runs` tell a live run from a killed one
+        **extra,
     )
-    path.write_text(json.dumps(info, indent=1, default=str))
 
 
 def train(
@@ -432,7 +395,7 @@ def train(
     dist_mod.init_from_env(resolve_device(cfg.train.device).type)  # before anything that may use it
     if run_dir is not None:
         run_dir = Path(run_dir)
-        check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        RunDir(run_dir).check(resume=resume, overwrite=overwrite)
     s = build(cfg)  # a bad corpus or config fails here, before the run directory is touched
     if cfg.train.noise_scale_every:  # the online gradient-noise-scale meter
         from steplab.loop.noise_scale import meter_callbacks
@@ -453,7 +416,7 @@ def train(
         truncate_records(run_dir / "metrics.jsonl", 0)
     if run_dir is not None:
         if s.is_main:
-            prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+            RunDir(run_dir).prepare(resume=resume, overwrite=overwrite)
         dist_mod.barrier()
     try:
         return fit(s, run_dir=run_dir, state=state, callbacks=callbacks, progress=progress)

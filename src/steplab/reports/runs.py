@@ -25,7 +25,7 @@ import tomllib
 
 from steplab.errors import SteplabError
 from steplab.progress import fmt_duration
-from steplab.rundir import process_alive, read_metrics
+from steplab.rundir import process_alive, read_json, read_metrics
 
 MARKERS = ("run.json", "metrics.jsonl")  # a directory holding either is a run
 SKIP_DIRS = {"checkpoints", "tb", "__pycache__"}
@@ -103,14 +103,6 @@ def _num(v: Any) -> float | None:
     return float(v)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def is_run(path: Path) -> bool:
     return any((Path(path) / m).is_file() for m in MARKERS)
 
@@ -129,8 +121,8 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     return Run(
         path=p,
         name=name or p.name,
-        info=_read_json(p / "run.json"),
-        summary=_read_json(p / "summary.json"),
+        info=read_json(p / "run.json"),
+        summary=read_json(p / "summary.json"),
         config=config,
         records=read_metrics(p / "metrics.jsonl"),
     )

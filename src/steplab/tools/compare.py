@@ -43,7 +43,7 @@ from steplab.loop.hooks import Callback
 from steplab.loop.session import Session, check
 from steplab.optim import DEFAULT_LR, state_bytes
 from steplab.progress import fmt_duration
-from steplab.rundir import read_metrics
+from steplab.rundir import read_json, read_metrics
 from steplab.stats import mean_std, welch_t_test
 
 DONE = ("finished", "target", "diverged", "stopped")  # statuses that need no more training
@@ -201,7 +201,7 @@ def read_run(
     run_dir: Path, *, label: str, seed: int, lr: float, lr_source: str, target: float | None
 ) -> RunResult:
     """A run's result from summary.json, metrics.jsonl and resources.json alone."""
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_json(run_dir / "summary.json")
     res = RunResult(label, seed, str(run_dir), summary.get("status", "missing"), lr, lr_source)
     v = summary.get("val_loss")
     res.val_loss = float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
@@ -215,17 +215,10 @@ def read_run(
             if isinstance(loss, (int, float)) and loss <= target:
                 res.seconds_to_target, res.tokens_to_target = float(r["train_seconds"]), int(r["tokens"])
                 break
-    resources = _read_json(run_dir / "resources.json")
+    resources = read_json(run_dir / "resources.json")
     res.peak_mem_mb, res.mem_kind = resources.get("peak_mem_mb"), resources.get("mem_kind")
     res.optimizer_state_mb = resources.get("optimizer_state_mb")
     return res
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def current_rss_mb() -> float | None:
@@ -249,7 +242,7 @@ class Resources(Callback):
     def __init__(self, run_dir: Path, device: torch.device) -> None:
         self.path = run_dir / "resources.json"
         self.device = device
-        old = _read_json(self.path)
+        old = read_json(self.path)
         self.peak: float = float(old.get("peak_mem_mb") or 0.0)
         self.state_mb: float = float(old.get("optimizer_state_mb") or 0.0)
         if device.type == "cuda":
@@ -518,7 +511,7 @@ def run_state(run_dir: Path) -> str:
     """'done', 'resume' (a checkpoint to continue from), 'restart' (a run without one) or 'new'."""
     from steplab import checkpoint as ckpt
 
-    status = _read_json(run_dir / "summary.json").get("status")
+    status = read_json(run_dir / "summary.json").get("status")
     if status in DONE:
         return "done"
     if ckpt.list_steps(ckpt.checkpoint_dir(run_dir)):
