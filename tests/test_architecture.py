@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
         "steplab.presets",
         "steplab.model",
         "steplab.optim",
+    "steplab.tools.compare",
         "steplab.schedules",
         "steplab.runtime",
         "steplab.dist",
@@ -46,6 +47,7 @@ MAX_FILE_LINES = 450
 ALLOWED_LONG_FILES: set[str] = {
     "steplab.config",
     "steplab.optim",
+    "steplab.tools.compare",
     "steplab.tools.export",
     "steplab.tools.tune",
 }
