@@ -22,7 +22,6 @@ LAYERS: list[set[str]] = [
         "steplab.presets",
         "steplab.model",
         "steplab.optim",
-    "steplab.tools.compare",
         "steplab.schedules",
         "steplab.runtime",
         "steplab.dist",
