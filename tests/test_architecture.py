@@ -52,7 +52,6 @@ ALLOWED_LONG_FILES: set[str] = {
 }
 ALLOWED_LONG_FUNCTIONS: set[str] = {"steplab.loop.fit", "steplab.tools.compare"}
 ALLOWED_UPWARD: set[str] = {
-    "steplab.tools.compare -> steplab.cli.main",
     "steplab.tools.compare -> steplab.reports.plots",
 }
 

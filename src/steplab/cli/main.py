@@ -345,14 +345,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 # Modules that add their own commands (compare, tune, report, ...): each has
 # `register_cli(subparsers, commands)`. Imported only when the CLI runs.
 COMMAND_MODULES: list[str] = [
-    "steplab.reports.runs",
-    "steplab.reports.plots",
-    "steplab.reports.report",
-    "steplab.tools.export",
-    "steplab.tools.doctor",
+    "steplab.cli.runs",
+    "steplab.cli.plot",
+    "steplab.cli.report",
+    "steplab.cli.export",
+    "steplab.cli.doctor",
     "steplab.cli.data",
     "steplab.cli.tools",
-    "steplab.tools.compare",
+    "steplab.cli.compare",
 ]
 
 

@@ -12,8 +12,6 @@ there; a ``running`` run whose process is gone is shown as ``interrupted``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -223,28 +221,3 @@ SORT_KEYS = {
     "started": lambda r: r["started"] or "",
     "loss": lambda r: r["best_val_loss"] if r["best_val_loss"] is not None else math.inf,
 }
-
-
-def cmd_runs(args: argparse.Namespace) -> int:
-    root = Path(args.dir)
-    paths = find_runs(root)
-    rows = []
-    for p in paths:
-        rel = p.relative_to(root) if p != root else Path(p.name)
-        rows.append(load_run(p, name=str(rel)).row())
-    rows.sort(key=SORT_KEYS[args.sort])
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    elif not rows:
-        print(f"no runs under {root}")
-    else:
-        print(format_table(rows))
-    return 0
-
-
-def register_cli(sub: Any, commands: dict[str, Any]) -> None:
-    p = sub.add_parser("runs", help="a table of the runs under a directory")
-    p.add_argument("dir", nargs="?", default="runs", help="directory to search (default: runs)")
-    p.add_argument("--sort", choices=sorted(SORT_KEYS), default="name", help="row order (default: name)")
-    p.add_argument("--json", action="store_true", help="print JSON (one object per run, raw numbers)")
-    commands["runs"] = cmd_runs

@@ -22,11 +22,10 @@ AdamW-type optimizers, and the evidence is printed so a reader can disagree.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -427,20 +426,3 @@ def report(h: History, findings: list[Finding], run: str) -> str:
     for f in findings:
         lines += [f"- {f.title}: {f.evidence}", f"  next: {f.next_step}"]
     return "\n".join(lines)
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    h = load_history(Path(args.run))
-    findings = diagnose(h)
-    if args.json:
-        print(json.dumps({"run": args.run, "findings": [asdict(f) for f in findings]}, indent=1))
-    else:
-        print(report(h, findings, args.run))
-    return 0
-
-
-def register_cli(sub: Any, commands: dict[str, Any]) -> None:
-    p = sub.add_parser("doctor", help="why is a run not converging? findings with evidence and a next step")
-    p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("--json", action="store_true", help="print the findings as JSON")
-    commands["doctor"] = cmd_doctor
