@@ -2,8 +2,8 @@
 
 Each section is a `kw_only` dataclass; each field carries a one-line help text and,
 where it has one, its valid range. `RunConfig` is the root. The CLI (`steplab.cli`) is
-generated from these classes, a config file is a serialized `RunConfig`, and the resolved
-config is written into every run directory as `config.toml`.
+generated from these classes, and values from flags and files are coerced and range-checked
+here (`set_value`); `steplab.config.files` reads and writes them.
 
 Validation names the flag the user typed: ``--optim.lr must be > 0 (got -1)``.
 """
@@ -14,12 +14,8 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
-
-import tomllib
 
 from steplab.errors import ConfigError
 
@@ -392,65 +388,3 @@ def set_value(cfg: RunConfig, dotted: str, value: Any, where: str | None = None)
             f"unknown setting {where} (valid in {section}: {', '.join(n.replace('_', '-') for n in names)})"
         )
     setattr(getattr(cfg, section), name, coerce(field_type(cls, name), value, where))
-
-
-# --- files --------------------------------------------------------------------------------
-
-
-def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    """A plain nested dict of the whole config, `None` values included."""
-    return dataclasses.asdict(cfg)
-
-
-NONE = "none"  # how TOML, which has no null, spells an unset optional field
-
-
-def _toml_safe(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (_toml_safe(v) if isinstance(v, dict) else NONE if v is None else v) for k, v in d.items()}
-
-
-def update_from_dict(cfg: RunConfig, data: dict[str, Any], source: str) -> RunConfig:
-    """Apply a nested dict (from TOML or JSON) onto `cfg`; unknown keys are errors."""
-    for key, value in data.items():
-        if isinstance(value, dict):
-            if key not in SECTIONS:
-                raise ConfigError(f"{source}: unknown section [{key}] (valid: {', '.join(SECTIONS)})")
-            for sub, v in value.items():
-                set_value(cfg, f"{key}.{sub}", v, where=f"{source}: {key}.{sub}")
-        else:
-            set_value(cfg, key, value, where=f"{source}: {key}")
-    return cfg
-
-
-def load_toml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not valid TOML ({e})") from None
-    return update_from_dict(base or RunConfig(), data, str(p))
-
-
-def dump_toml(cfg: RunConfig) -> str:
-    """Every field written out, unset optional ones as ``"none"``: a config file read back
-    gives the same config whatever the defaults it is read onto (`from_dict(to_dict(c)) == c`)."""
-    import tomli_w
-
-    return tomli_w.dumps(_toml_safe(to_dict(cfg)))
-
-
-def from_dict(data: dict[str, Any]) -> RunConfig:
-    return update_from_dict(RunConfig(), data, "config")
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 1e-3}} -> {"optim.lr": 1e-3}."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
