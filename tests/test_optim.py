@@ -11,7 +11,8 @@ import torch
 
 from steplab import checkpoint as ckpt
 from steplab.cli.main import main
-from steplab.config import RunConfig
+from steplab.config import OptimConfig, RunConfig
+from steplab.errors import IgnoredSettingWarning
 from steplab.evaluate import mean_loss
 from steplab.loop.fit import train
 from steplab.loop.hooks import Callback, StopTraining
@@ -20,10 +21,15 @@ from steplab.loop.step import train_step
 from steplab.model import GPT
 from steplab.optim import (
     DEFAULT_LR,
+    IGNORES,
     OPTIMIZERS,
     Chain,
+    Muon,
     build_optimizer,
     eval_mode,
+    ignored_settings,
+    lr_scale,
+    newton_schulz,
     param_groups,
     set_lr,
     split_for_muon,
@@ -102,6 +108,7 @@ def _zero_grad_steps(s: Session, steps: int) -> None:
         s.optimizer.step()
 
 
+@pytest.mark.filterwarnings("ignore::steplab.errors.IgnoredSettingWarning")  # adam & co. ignore it: tested
 @pytest.mark.parametrize("name", NAMES)
 def test_weight_decay_only_on_matrices(name: str, tiny_cfg: RunConfig) -> None:
     tiny_cfg.model.tie_embeddings = False
@@ -206,15 +213,14 @@ def test_unknown_optimizer_is_one_line_listing_the_names(capsys: pytest.CaptureF
     assert all(n in err for n in OPTIMIZERS)
 
 
-def test_batched_muon_matches_torch_muon() -> None:
-    """Same update as torch.optim.Muon (bitwise here), same state keys."""
-    from steplab.optim import Muon
-
+@pytest.mark.parametrize("adjust_lr_fn", ["match_rms_adamw", "original", None])
+def test_batched_muon_matches_torch_muon(adjust_lr_fn: str | None) -> None:
+    """Same update as torch.optim.Muon, bit for bit, and the same state keys."""
     torch.manual_seed(0)
     shapes = [(48, 16), (48, 16), (16, 16), (16, 64), (16, 64)]
     ours = [torch.randn(*sh, requires_grad=True) for sh in shapes]
     theirs = [p.detach().clone().requires_grad_() for p in ours]
-    kw = dict(lr=0.02, momentum=0.9, weight_decay=0.1, nesterov=True, adjust_lr_fn="match_rms_adamw")
+    kw = dict(lr=0.02, momentum=0.9, weight_decay=0.1, nesterov=True, adjust_lr_fn=adjust_lr_fn)
     a, b = Muon(ours, **kw), torch.optim.Muon(theirs, **kw)
     for _ in range(3):
         grads = [torch.randn(*sh) for sh in shapes]
@@ -223,6 +229,67 @@ def test_batched_muon_matches_torch_muon() -> None:
         a.step()
         b.step()
     for p, q in zip(ours, theirs, strict=True):
-        assert torch.allclose(p, q, atol=1e-6), (p - q).abs().max()
+        assert torch.equal(p, q), (p - q).abs().max()
     assert a.state_dict()["state"].keys() == b.state_dict()["state"].keys()
     assert set(a.state_dict()["state"][0]) == set(b.state_dict()["state"][0]) == {"momentum_buffer"}
+
+
+def test_muon_lr_scale_is_the_documented_formula() -> None:
+    """torch.optim.Muon's docs: sqrt(max(1, A/B)) ("original", the default), 0.2 sqrt(max(A, B))."""
+    assert lr_scale(None, (64, 16)) == lr_scale("original", (64, 16)) == 2.0
+    assert lr_scale("original", (16, 64)) == 1.0  # wide matrices are not scaled down
+    assert lr_scale("match_rms_adamw", (16, 64)) == lr_scale("match_rms_adamw", (64, 16)) == 0.2 * 8
+    with pytest.raises(ValueError, match="adjust_lr_fn"):
+        lr_scale("other", (4, 4))
+
+
+def test_muon_update_rms_matches_adamw_under_match_rms_adamw() -> None:
+    """What the scale is for: an orthogonalised update times 0.2 sqrt(max(A, B)) has RMS 0.2,
+    AdamW's typical update RMS, whatever the shape (so one lr serves both halves of the chain)."""
+    for shape in [(32, 128), (128, 32), (64, 64)]:
+        ortho = newton_schulz(torch.randn(1, *shape), (3.4445, -4.775, 2.0315), 5, 1e-7).float()
+        rms = (ortho * lr_scale("match_rms_adamw", shape)).pow(2).mean().sqrt().item()
+        assert rms == pytest.approx(0.2, rel=0.25), (shape, rms)
+
+
+def _messages(**settings: object) -> list[str]:
+    cfg = OptimConfig()
+    for k, v in settings.items():
+        setattr(cfg, k, v)
+    return ignored_settings(cfg)
+
+
+def test_a_setting_the_optimizer_ignores_is_named_with_the_reason() -> None:
+    (msg,) = _messages(name="adam", weight_decay=0.1)
+    assert msg.startswith("--optim.weight-decay 0.1 is ignored by adam (") and "use adamw" in msg
+    for name in ("adagrad", "rmsprop"):
+        assert any(
+            m.startswith(f"--optim.weight-decay 0.1 is ignored by {name}") for m in _messages(name=name)
+        )
+    assert _messages(name="adam", weight_decay=0.0) == []  # nothing to ignore
+    assert _messages(name="adamw") == [] and _messages(name="sgd") == []  # defaults are never noise
+    assert _messages(name="adamw", nesterov=True) == [
+        "--optim.nesterov true is ignored by adamw (Nesterov momentum is an sgd and muon setting)"
+    ]
+    assert _messages(name="sgd", beta2=0.95)[0].startswith("--optim.beta2 0.95 is ignored by sgd")
+    assert "momentum 0" in _messages(name="sgd", nesterov=True, momentum=0.0)[0]
+    assert set(IGNORES) == set(OPTIMIZERS)  # every registered optimizer says what it ignores
+
+
+def test_building_an_optimizer_warns_once_per_ignored_setting(tiny_cfg: RunConfig) -> None:
+    tiny_cfg.model.vocab_size = 20
+    tiny_cfg.optim.name, tiny_cfg.optim.weight_decay = "adam", 0.1
+    with pytest.warns(IgnoredSettingWarning) as caught:
+        build_optimizer(GPT(tiny_cfg.model), tiny_cfg.optim, torch.device("cpu"))
+    assert [str(w.message).split(" (")[0] for w in caught] == ["--optim.weight-decay 0.1 is ignored by adam"]
+
+
+def test_cli_prints_an_ignored_setting_as_one_warning_line(
+    tmp_path: Path, small_corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "--preset", "tiny", "--data", str(small_corpus), "--optim.name", "rmsprop"]
+    argv += ["--train.max-steps", "2", "--eval.every", "0", "--run-dir", str(tmp_path / "r"), "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: --optim.weight-decay 0.1 is ignored by rmsprop (" in err
+    assert err.count("is ignored by") == 1

@@ -22,3 +22,7 @@ class DataError(SteplabError):
 
 class CheckpointError(SteplabError):
     """A checkpoint that is missing, damaged, unsafe or does not match."""
+
+
+class IgnoredSettingWarning(UserWarning):
+    """A setting that has no effect where it was given (e.g. weight decay under torch's Adam)."""
