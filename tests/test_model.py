@@ -181,3 +181,39 @@ def test_auto_attention_uses_matmul_only_for_short_low_precision_cpu_inputs(
     long = torch.randn(1, 1, model_mod.MATMUL_ATTENTION_MAX_T + 1, 4).bfloat16()
     model_mod.causal_attention(long, long, long, scale=None, dropout=0.0, impl="auto")
     assert calls == ["sdpa", "sdpa"]
+
+
+BF16_STEP = """
+import warnings, torch
+from steplab.config import ModelConfig
+from steplab.model import GPT
+warnings.simplefilter("always")
+cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11, pos="rope",
+                  norm="rmsnorm", mlp="relu2", bias=False, qk_norm=True)
+model = GPT(cfg)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+idx = torch.randint(0, 11, (2, 8))
+with warnings.catch_warnings(record=True) as caught:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(idx, idx)
+    loss.backward()
+    opt.step()
+print(sum("Mismatch dtype" in str(w.message) for w in caught))
+"""
+
+
+def test_bf16_step_with_qk_norm_takes_the_fused_norm_kernel() -> None:
+    """No "Mismatch dtype between input and weight" in a bf16 autocast step (forward, backward,
+    fused AdamW). In a fresh process: torch warns only once per process, so an earlier test that
+    hit the slow path would hide it here."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", BF16_STEP], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0", out.stdout + out.stderr
+    q = torch.randn(2, 3, 4, 8).bfloat16()
+    from steplab.model import RMSNorm
+
+    assert RMSNorm(8)(q).dtype == torch.bfloat16  # computed in the input's dtype
+    norm = RMSNorm(8)
+    assert torch.equal(norm(q.float()), torch.nn.RMSNorm(8)(q.float()))  # float32: torch's own

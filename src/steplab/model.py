@@ -27,9 +27,23 @@ from steplab.config import ModelConfig
 Rope = tuple[torch.Tensor, torch.Tensor] | None  # the (cos, sin) tables, or None without RoPE
 
 
+class RMSNorm(nn.RMSNorm):
+    """`nn.RMSNorm` computed in its input's dtype, as autocast does for linear layers.
+
+    Under CPU bf16 autocast the per-head q and k arrive in bf16 while the weight stays float32;
+    torch's fused kernel needs both alike, and otherwise takes a slower composite path with a
+    "Mismatch dtype between input and weight" warning. The weight is cast for the op only (the
+    float32 master copy is what the optimizer updates); in float32 the cast is a no-op.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.to(x.dtype) if self.weight is not None else None
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=cfg.norm_eps)
+        return RMSNorm(dim, eps=cfg.norm_eps)
     return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
 
 
@@ -107,8 +121,8 @@ class CausalSelfAttention(nn.Module):
         # One fused projection for q, k and v: (nh + 2 * nkv) * hs outputs.
         self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.dropout = cfg.dropout
         self.scale = attention_scale(cfg)
         self.impl = cfg.attention
