@@ -1,12 +1,15 @@
-"""The machine: device choice, autocast, threads, and a description of the environment."""
+"""The machine: device choice, autocast, threads, its peak FLOP/s (MFU), memory, and a description."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +67,160 @@ def configure_threads(cfg: TrainConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
-def peak_flops(device: torch.device) -> float | None:
-    """The device's dense bf16 peak, when known (None on CPU: no honest single number)."""
-    if device.type != "cuda":
+# --- peak FLOP/s, for model FLOPs utilisation -------------------------------------------
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype | None | str = "auto") -> float | None:
+    """The device's dense peak FLOP/s for matrix multiplies in `dtype`: MFU's denominator.
+
+    `dtype` is the training step's autocast dtype (None: float32; "auto": what `autocast_dtype`
+    picks by default on this device). A GPU in `PEAK_FLOPS` gets its published bf16 figure;
+    anything else (CPUs, other GPUs, float32) is measured once by `measure_peak_flops` and
+    cached per machine, torch version, thread count and dtype (`peak_flops.json` in
+    `cache_home()`), so only the first run on a machine pays for it (well under a second on
+    CPU). ``STEPLAB_PEAK_FLOPS=off`` turns MFU off; a number (e.g. ``989e12``) is used as the
+    peak as it is. None when off.
+    """
+    override = os.environ.get("STEPLAB_PEAK_FLOPS", "").strip().lower()
+    if override in ("off", "none", "0"):
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    if override:
+        return float(override)
+    if dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" or (device.type == "cpu" and cpu_has_amx()) else None
+    dtype = dtype or torch.float32
+    assert isinstance(dtype, torch.dtype)
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device)
+        published = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+        if published:
+            return published
+    return _cached_peak(device, dtype)
+
+
+def measure_peak_flops(
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    max_n: int | None = None,
+    min_seconds: float = 0.01,
+    repeats: int = 3,
+) -> float:
+    """Best-of-`repeats` FLOP/s of one n x n by n x n matrix multiply in `dtype` on `device`.
+
+    n doubles from 256 until one multiply takes `min_seconds` (or reaches `max_n`), so small
+    and large machines both measure a GEMM big enough to run near their peak, quickly. The
+    best of several repetitions: a busy machine only ever makes a measurement lower.
+    """
+    max_n = max_n or (16384 if device.type == "cuda" else 4096)
+    n = min(256, max_n)
+    while True:
+        seconds = time_matmul(n, device, dtype, repeats=1)
+        if seconds >= min_seconds or n * 2 > max_n:
+            break
+        n *= 2
+    return 2 * n**3 / min(seconds, time_matmul(n, device, dtype, repeats=repeats))
+
+
+def time_matmul(n: int, device: torch.device, dtype: torch.dtype, *, repeats: int) -> float:
+    """The fastest of `repeats` timed n x n multiplies, after one untimed warm-up."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for i in range(repeats + 1):
+        _synchronize(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        _synchronize(device)  # GPU kernels are asynchronous: time them to completion
+        if i:
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def machine_key(device: torch.device, dtype: torch.dtype) -> str:
+    """What a measured peak depends on: the chip, torch, the threads (CPU) and the dtype."""
+    if device.type == "cuda":
+        chip = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    elif device.type == "cpu":
+        chip = f"{cpu_model()} x{torch.get_num_threads()} threads"
+    else:
+        chip = device.type
+    return f"{chip}, torch {torch.__version__}, {str(dtype).removeprefix('torch.')}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; the platform's processor string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_home() -> Path:
+    """steplab's cache directory: $STEPLAB_CACHE, else $XDG_CACHE_HOME/steplab or ~/.cache/steplab."""
+    if os.environ.get("STEPLAB_CACHE"):
+        return Path(os.environ["STEPLAB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "steplab"
+
+
+def _cached_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """The measured peak from the cache, measured and stored first if missing.
+
+    One process measures at a time (a lock file): processes started together (torchrun, a
+    test suite) would otherwise share the cores and each measure a fraction of the peak.
+    A cache that cannot be written is no error: the figure is then measured per process.
+    """
+    path, key = cache_home() / "peak_flops.json", machine_key(device, dtype)
+    with _locked(path.with_suffix(".lock")):
+        known = _read_json(path)
+        if isinstance(known.get(key), (int, float)):
+            return float(known[key])
+        value = measure_peak_flops(device, dtype)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**_read_json(path), key: value}, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return value
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` where the platform and the directory allow one."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a")  # noqa: SIM115 - held for the duration of the block
+    except (ImportError, OSError):
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def git_sha() -> str | None:

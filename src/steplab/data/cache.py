@@ -28,17 +28,13 @@ from steplab.data import encode
 from steplab.data.corpus import TEXT_SUFFIXES, bundled_corpus, read_documents, source_files, source_hash  # noqa: F401 - the readers' names, importable from here as before
 from steplab.data.tokenizer import Tokenizer, from_json
 from steplab.errors import DataError
+from steplab.runtime import cache_home
 
 CACHE_VERSION = 2  # 2: streamed; the tokenizer trains on the documents with their newlines
 
 
 def cache_root(cfg: DataConfig) -> Path:
-    if cfg.cache_dir:
-        return Path(cfg.cache_dir)
-    if os.environ.get("STEPLAB_CACHE"):
-        return Path(os.environ["STEPLAB_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "steplab"
+    return Path(cfg.cache_dir) if cfg.cache_dir else cache_home()
 
 
 @dataclass

@@ -133,7 +133,7 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
         ),
         amp_dtype=autocast_dtype(cfg.train, device),
         flops_per_token=fpt,
-        peak_flops=peak_flops(device),
+        peak_flops=peak_flops(device, autocast_dtype(cfg.train, device)),  # of the GEMMs the step runs
         no_sync=dist_mod.no_sync_for(step_model),
         dist=info,
     )
