@@ -104,6 +104,7 @@ def process_alive(info: dict[str, Any]) -> bool | None:
 # --- the writer ---------------------------------------------------------------------------
 
 OWN_FILES = ("checkpoints", "metrics.jsonl", "tb", "summary.json", "run.json")  # what --overwrite replaces
+OWN_PATTERNS = ("events.out.tfevents.*.steplab",)  # TensorBoard events (steplab.trackers), and no others
 
 
 class RunDir:
@@ -182,5 +183,8 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
+                p.unlink()
+        for pattern in OWN_PATTERNS:
+            for p in run_dir.glob(pattern):
                 p.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)

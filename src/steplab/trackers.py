@@ -1,9 +1,10 @@
-"""Metrics and progress: what a run tells the person watching and the files it leaves.
+"""Metrics: what a run records, and the mirrors that show it elsewhere.
 
-`MetricsLog` appends one JSON record per logged step and per evaluation to
-``metrics.jsonl`` (and to TensorBoard when the extra is installed, and to one optional
-tracker, wandb or MLflow, when asked). `ProgressView` shows a rich progress bar with ETA on
-a terminal and plain lines otherwise.
+`MetricsLog` appends one JSON record per logged step, evaluation and guard event to
+``metrics.jsonl``, the record of truth, under plain names (``loss``, ``val_loss``). Its
+mirrors, TensorBoard when the extra is installed and one optional tracker (wandb or MLflow),
+get the numbers under namespaced tags (``train/loss``, ``val/loss``; `mirror_scalars`), so
+each section is one group of charts, as in torchtitan's and Hugging Face's logs.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import importlib.util
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 from steplab.config import flatten
-from steplab.errors import ConfigError
+from steplab.errors import ConfigError, IgnoredSettingWarning
+from steplab.rundir import read_metrics
 
 
 class MetricsLog:
@@ -38,32 +41,25 @@ class MetricsLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ext = build_tracker(tracker, self.path.parent, dict(config or {}))
+        self.tb = TensorBoardMirror.open(self.path.parent, dict(config or {})) if tensorboard else None
         self.fh: TextIO = open(self.path, "a", encoding="utf-8")
-        self.tb = _tensorboard_writer(self.path.parent) if tensorboard else None
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: _jsonable(v) for k, v in record.items()}
         self.fh.write(json.dumps(clean) + "\n")
         self.fh.flush()
-        if "step" not in record:
+        if "step" not in record or (self.tb is None and self.ext is None):
             return
-        scalars = {
-            k: v
-            for k, v in clean.items()
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-        if self.tb is not None:
-            for k, v in scalars.items():
-                self.tb.add_scalar(k, v, record["step"])
-        if self.ext is not None:
-            self.ext.log(scalars, int(record["step"]))
+        scalars = mirror_scalars(clean)
+        for mirror in (self.tb, self.ext):
+            if mirror is not None:
+                mirror.log(scalars, int(record["step"]))
 
     def close(self) -> None:
         self.fh.close()
-        if self.tb is not None:
-            self.tb.close()
-        if self.ext is not None:
-            self.ext.close()
+        for mirror in (self.tb, self.ext):
+            if mirror is not None:
+                mirror.close()
 
 
 def _jsonable(v: Any) -> Any:
@@ -72,14 +68,117 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def _tensorboard_writer(run_dir: Path) -> Any:
-    """A SummaryWriter when `tensorboard` is installed, else None (it is an optional extra)."""
-    try:
-        import tensorboard  # noqa: F401
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tb"))
+# --- tags: plain record keys -> namespaced mirror tags ----------------------------------------
+
+TAGS: dict[str, str] = {
+    "loss": "train/loss",
+    "lr": "opt/lr",
+    "grad_norm": "opt/grad_norm",
+    "update_ratio": "opt/update_ratio",
+    "noise_scale": "opt/noise_scale",
+    "grad_sq_est": "opt/grad_sq_est",
+    "grad_trace_est": "opt/grad_trace_est",
+    "tokens_per_second": "perf/tokens_per_second",
+    "step_seconds": "perf/step_seconds",
+    "data_fraction": "perf/data_fraction",
+    "mfu": "perf/mfu",
+    "tokens": "progress/tokens",
+    "train_seconds": "progress/train_seconds",
+    "elapsed_seconds": "progress/elapsed_seconds",
+}
+COUNTERS = {"tokens", "train_seconds", "elapsed_seconds"}  # mirrored from step records only
+
+
+def tag(key: str) -> str:
+    """The namespaced tag of a step or evaluation record's key (``val_bpb`` -> ``val/bpb``)."""
+    if key in TAGS:
+        return TAGS[key]
+    if key.startswith("val_"):
+        return "val/" + key.removeprefix("val_")
+    if key.endswith("_mb"):
+        return "mem/" + key
+    return "train/" + key
+
+
+def mirror_scalars(record: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of one record under their mirror tags.
+
+    Event records (the guard's) go under their event's name (``guard/flagged_loss``); the
+    counters that every record repeats (tokens, seconds) come from step records only, so an
+    evaluation does not draw a second point for them. Text and booleans stay in the JSONL.
+    """
+    event = record.get("event")
+    out = {}
+    for k, v in record.items():
+        if k == "step" or not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if event is None and k in COUNTERS and "loss" not in record:
+            continue
+        out[f"{event}/{k}" if event is not None else tag(k)] = v
+    return out
+
+
+# --- TensorBoard ------------------------------------------------------------------------------
+
+
+class TensorBoardMirror:
+    """TensorBoard events written into the run directory itself.
+
+    So ``tensorboard --logdir runs/`` lists each run under its directory's name. The files end
+    in ``.steplab`` (``--overwrite`` removes those and nothing else). A resumed run purges the
+    events logged after the records it kept (TensorBoard's restart marker), so the charts
+    follow metrics.jsonl. The resolved config is logged as hyperparameters (the HPARAMS tab)
+    and as text.
+    """
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    @classmethod
+    def open(cls, run_dir: Path, config: dict[str, Any]) -> TensorBoardMirror | None:
+        """A mirror, or None with one warning when the tensorboard extra is not installed."""
+        try:
+            import tensorboard  # noqa: F401
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            warnings.warn(
+                "--train.tensorboard: no TensorBoard events are written, the tensorboard extra is not "
+                "installed (pip install 'steplab[tensorboard]', or --train.tensorboard false)",
+                IgnoredSettingWarning,
+                stacklevel=3,
+            )
+            return None
+        kept = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if isinstance(r.get("step"), int)]
+        writer = SummaryWriter(
+            log_dir=str(run_dir), filename_suffix=".steplab", purge_step=max(kept) + 1 if kept else None
+        )
+        mirror = cls(writer)
+        if config:
+            mirror.log_config(config)
+        return mirror
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = {k: _hparam(v) for k, v in flatten(config).items()}
+        for summary in hparams(flat, {"val/loss": 0.0, "val/bpb": 0.0, "train/loss": 0.0}):
+            self.writer.file_writer.add_summary(summary)
+        text = "\n".join(f"    {k} = {v}" for k, v in flat.items())  # indented: a Markdown code block
+        self.writer.add_text("config", text)
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _hparam(v: Any) -> float | int | str:
+    """What TensorBoard's HPARAMS tab takes: numbers and text (booleans and None as words)."""
+    if isinstance(v, bool) or v is None:
+        return str(v).lower() if v is not None else "none"
+    return v if isinstance(v, (int, float, str)) else str(v)
 
 
 # --- optional external trackers (extras, off by default) -----------------------------------
