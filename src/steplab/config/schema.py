@@ -168,7 +168,7 @@ class TrainConfig:
     threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)", ge=1)
     log_every: int = opt(50, "log train metrics every N steps", ge=1)
     progress: bool = opt(True, "show a progress bar (plain lines when not a terminal)")
-    tensorboard: bool = opt(True, "also write TensorBoard events (when the tensorboard extra is installed)")
+    tensorboard: bool = opt(True, "also write TensorBoard events (needs the tensorboard extra)")
     tracker: Literal["none", "wandb", "mlflow"] = opt(
         "none", "also log metrics to wandb or MLflow (needs that extra; configured by its env vars)"
     )
