@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(BIN)/steplab train --run-dir runs/default --overwrite
-	$(BIN)/steplab eval --run runs/default
-	$(BIN)/steplab sample --run runs/default --prompt "ROMEO:" --max-new-tokens 300
+	$(BIN)/steplab eval runs/default
+	$(BIN)/steplab sample runs/default --prompt "ROMEO:" --max-new-tokens 300
 
 test: install install-hf
 	$(BIN)/python -m pytest -q

@@ -9,4 +9,4 @@ PY=${PY:-python}
 $PY -m steplab compare --preset shakespeare_char \
   --vary optim.name=adamw,muon,lion,sgd,adagrad,rmsprop \
   --variant seed_adamw optim.name=adamw optim.lr=1e-3 optim.eps=1e-8 optim.weight-decay=0.01 optim.beta2=0.999 \
-  --budget-seconds 120 --seeds 2 --target-loss 2.0 --out "${OUT:-runs/compare-optimizers}" "$@"
+  --train.max-seconds 120 --seeds 2 --target-loss 2.0 --out "${OUT:-runs/compare-optimizers}" "$@"

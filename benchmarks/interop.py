@@ -60,7 +60,7 @@ def export(root: Path) -> None:
         cfg.model, cfg.tokenizer = mcfg, TokenizerConfig(kind="bpe", vocab_size=512)
         run, out = root / name, root / f"{name}-hf"
         ckpt.save(run, model=model, optimizer=None, state=ckpt.TrainState(step=1), cfg=cfg, tokenizer=tok)
-        assert cli(["export", "--run", str(run), "--out", str(out)]) == 0
+        assert cli(["export", str(run), "--out", str(out)]) == 0
         hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
         x = torch.randint(mcfg.vocab_size, (2, 256), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():

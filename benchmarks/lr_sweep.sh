@@ -32,6 +32,6 @@ for arg in "${NAMES[@]}"; do
   lrs=${GRID[$name]}
   [[ "$arg" == *=* ]] && lrs=${arg#*=}
   $PY -m steplab compare --preset shakespeare_char --optim.name "$name" --vary "optim.lr=$lrs" \
-    --budget-steps "$STEPS" --eval.every 0 --eval.max-windows 400 --train.threads 1 \
+    --train.max-steps "$STEPS" --eval.every 0 --eval.max-windows 400 --train.threads 1 \
     --train.tensorboard false --quiet --out "$OUT/$name"
 done

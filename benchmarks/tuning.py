@@ -47,11 +47,9 @@ def base_config(scale: str) -> tuple[RunConfig, list[str]]:
         flags += ["--eval.every", "100", "--eval.max-windows", "256"]
     else:
         flags += ["--eval.max-windows", "512"]
-    from steplab.cli.main import build_parser, config_from_args
+    from steplab.cli.main import train_config
 
-    parser, _ = build_parser()
-    args = parser.parse_args(["train", *flags])
-    return config_from_args(args), flags
+    return train_config(flags), flags
 
 
 def final_val(cfg: RunConfig, run_dir: Path, lr: float) -> float:

@@ -100,7 +100,8 @@ def test_compare_end_to_end_resumes_and_skips(tmp_path: Path, capsys: pytest.Cap
         "--train.log-every",
         "5",
     ]
-    argv += ["--vary", "optim.name=adamw,sgd", "--seeds", "2", "--budget-steps", "10", "--target-loss", "4.1"]
+    argv += ["--vary", "optim.name=adamw,sgd", "--seeds", "2", "--target-loss", "4.1"]
+    argv += ["--train.max-steps", "10"]
     argv += ["--out", str(out)]
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -127,5 +128,5 @@ def test_compare_end_to_end_resumes_and_skips(tmp_path: Path, capsys: pytest.Cap
     assert (out / "runs" / "adamw" / "seed-1337" / "metrics.jsonl").stat().st_mtime_ns == untouched
 
     # The same directory with other settings is refused (one line, exit 2).
-    assert main([*argv[:-2], "--budget-steps", "12", "--out", str(out)]) == 2
+    assert main([*argv[:-2], "--train.max-steps", "12", "--out", str(out)]) == 2
     assert "holds a run with other settings (train.max_steps: 10 there, 12 now)" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def test_bad_values_are_one_line_exit_2(
 def test_unknown_flag_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "train", "--optim.lrr", "3")
     assert code == 2
-    assert "unrecognized arguments: --optim.lrr" in err
+    assert "unknown flag --optim.lrr (did you mean --optim.lr?" in err
     assert err.count("\n") == 1
 
 

@@ -1,4 +1,4 @@
-"""Redaction: each kind replaced and counted, ordinary text untouched, `data prepare --redact`."""
+"""Redaction: each kind replaced and counted, ordinary text untouched, `data prepare --data.redact`."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_data_prepare_reports_counts_and_train_never_sees_the_originals(
 ) -> None:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text((PERSONAL + "An ordinary line of text follows the data.\n") * 20)
-    assert main(["data", "prepare", "--data", str(corpus), "--tokenizer", "byte", "--redact"]) == 0
+    assert main(["data", "prepare", "--data", str(corpus), "--tokenizer", "byte", "--data.redact"]) == 0
     out = capsys.readouterr().out
     assert "redacted 320 items: 100 SECRET, 40 EMAIL, 60 IP, 60 CARD, 60 PHONE" in out
     assert "1 document," in out
@@ -104,5 +104,5 @@ def test_data_prepare_without_redaction(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["data", "prepare", "--data", str(corpus)]) == 0
     out = capsys.readouterr().out
     assert "1 document, 2,500 characters -> 2,500 tokens" in out and "redacted" not in out
-    assert main(["data", "prepare", "--data", str(corpus), "--redact"]) == 0
+    assert main(["data", "prepare", "--data", str(corpus), "--data.redact"]) == 0
     assert "redacted 0 items: 0 SECRET, 0 EMAIL, 0 IP, 0 CARD, 0 PHONE" in capsys.readouterr().out

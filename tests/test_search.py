@@ -190,7 +190,7 @@ def test_sigkill_mid_trial_then_rerun_loses_no_completed_trial(tmp_path: Path) -
     (tmp_path / "space.toml").write_text(SPACE)
     study_dir = tmp_path / "study"
     argv = [sys.executable, "-m", "steplab", "tune", "--preset", "tiny", "--space", "space.toml"]
-    argv += ["--trials", "3", "--budget-steps", "30", "--dir", str(study_dir), "--pruner", "none"]
+    argv += ["--trials", "3", "--train.max-steps", "30", "--dir", str(study_dir), "--pruner", "none"]
     argv += ["--train.tensorboard", "false", "--train.threads", "1", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -225,8 +225,8 @@ def test_tune_command_errors_are_one_line(tmp_path: Path, capsys) -> None:  # no
     space = str(tmp_path / "space.toml")
     assert main(["tune", "--preset", "tiny", "--space", str(tmp_path / "none.toml")]) == 2
     assert "--space" in capsys.readouterr().err
-    argv = ["tune", "--preset", "tiny", "--space", space, "--budget-steps", "5", "--budget-seconds", "5"]
-    assert main(argv) == 2 and "choose one" in capsys.readouterr().err
+    argv = ["tune", "--preset", "tiny", "--space", space, "--budget-steps", "5"]  # now --train.max-steps
+    assert main(argv) == 2 and "--budget-steps is now --train.max-steps" in capsys.readouterr().err
     argv = ["tune", "--preset", "tiny", "--space", space, "--storage", "sqlite:///x.db", "--workers", "2"]
     assert main([*argv, "--dir", str(tmp_path / "s")]) == 2
     assert "sqlite" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def test_two_workers_share_a_postgres_study(tmp_path: Path, postgres_url: str) -
     def worker(i: int) -> subprocess.Popen:
         argv = [sys.executable, "-m", "steplab", "tune", "--preset", "tiny", "--space", "space.toml"]
         argv += ["--storage", postgres_url, "--study", "two", "--dir", f"w{i}", "--trials", "6"]
-        argv += ["--budget-steps", "30", "--eval.every", "10", "--eval.max-windows", "8", "--quiet"]
+        argv += ["--train.max-steps", "30", "--eval.every", "10", "--eval.max-windows", "8", "--quiet"]
         argv += ["--train.tensorboard", "false", "--train.threads", "1"]
         return subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from steplab.tools.doctor import diagnose, load_history, report
+from steplab.cli.options import Command
+from steplab.config import opt
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
-    h = load_history(Path(args.run))
+@dataclass(kw_only=True)
+class DoctorOptions:
+    """Why is a run not converging? Findings with evidence and a next step."""
+
+    run: str = opt(MISSING, "run directory", positional=True, metavar="RUN")
+    json: bool = opt(False, "print the findings as JSON")
+
+
+def cmd_doctor(opts: DoctorOptions) -> int:
+    from steplab.tools.doctor import diagnose, load_history, report
+
+    h = load_history(Path(opts.run))
     findings = diagnose(h)
-    if args.json:
-        print(json.dumps({"run": args.run, "findings": [asdict(f) for f in findings]}, indent=1))
+    if opts.json:
+        print(json.dumps({"run": opts.run, "findings": [asdict(f) for f in findings]}, indent=1))
     else:
-        print(report(h, findings, args.run))
+        print(report(h, findings, opts.run))
     return 0
 
 
-def register_cli(sub: Any, commands: dict[str, Any]) -> None:
-    p = sub.add_parser("doctor", help="why is a run not converging? findings with evidence and a next step")
-    p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("--json", action="store_true", help="print the findings as JSON")
-    commands["doctor"] = cmd_doctor
+DOCTOR = Command("doctor", DoctorOptions, cmd_doctor)

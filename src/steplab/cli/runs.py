@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-from steplab.reports.runs import SORT_KEYS, find_runs, format_table, load_run
+from steplab.cli.options import Command
+from steplab.config import opt
+
+SORTS = Literal["loss", "name", "started"]  # steplab.reports.runs.SORT_KEYS
 
 
-def cmd_runs(args: argparse.Namespace) -> int:
-    root = Path(args.dir)
+@dataclass(kw_only=True)
+class RunsOptions:
+    """A table of the runs under a directory."""
+
+    dir: str = opt("runs", "directory to search", positional=True, metavar="DIR")
+    sort: SORTS = opt("name", "row order")
+    json: bool = opt(False, "print JSON (one object per run, raw numbers)")
+
+
+def cmd_runs(opts: RunsOptions) -> int:
+    from steplab.reports.runs import SORT_KEYS, find_runs, format_table, load_run
+
+    root = Path(opts.dir)
     paths = find_runs(root)
     rows = []
     for p in paths:
         rel = p.relative_to(root) if p != root else Path(p.name)
         rows.append(load_run(p, name=str(rel)).row())
-    rows.sort(key=SORT_KEYS[args.sort])
-    if args.json:
+    rows.sort(key=SORT_KEYS[opts.sort])
+    if opts.json:
         print(json.dumps(rows, indent=1))
     elif not rows:
         print(f"no runs under {root}")
@@ -27,9 +41,4 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(sub: Any, commands: dict[str, Any]) -> None:
-    p = sub.add_parser("runs", help="a table of the runs under a directory")
-    p.add_argument("dir", nargs="?", default="runs", help="directory to search (default: runs)")
-    p.add_argument("--sort", choices=sorted(SORT_KEYS), default="name", help="row order (default: name)")
-    p.add_argument("--json", action="store_true", help="print JSON (one object per run, raw numbers)")
-    commands["runs"] = cmd_runs
+RUNS = Command("runs", RunsOptions, cmd_runs)

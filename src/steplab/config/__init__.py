@@ -14,6 +14,7 @@ from steplab.config.files import (
     update_from_dict,
 )
 from steplab.config.schema import (
+    BUDGET,
     SECTIONS,
     SHORTHANDS,
     CheckpointConfig,
@@ -27,8 +28,10 @@ from steplab.config.schema import (
     TokenizerConfig,
     TrainConfig,
     check_value,
+    clear_budget,
     coerce,
     describe,
+    did_you_mean,
     field_type,
     flag,
     opt,
@@ -36,6 +39,7 @@ from steplab.config.schema import (
 )
 
 __all__ = [
+    "BUDGET",
     "NONE",
     "SECTIONS",
     "SHORTHANDS",
@@ -50,8 +54,10 @@ __all__ = [
     "TokenizerConfig",
     "TrainConfig",
     "check_value",
+    "clear_budget",
     "coerce",
     "describe",
+    "did_you_mean",
     "dump_toml",
     "field_type",
     "flag",

@@ -14,7 +14,7 @@ from typing import Any
 
 import tomllib
 
-from steplab.config.schema import SECTIONS, RunConfig, set_value
+from steplab.config.schema import BUDGET, SECTIONS, RunConfig, clear_budget, did_you_mean, set_value
 from steplab.errors import ConfigError
 
 
@@ -31,11 +31,17 @@ def _toml_safe(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def update_from_dict(cfg: RunConfig, data: dict[str, Any], source: str) -> RunConfig:
-    """Apply a nested dict (from TOML or JSON) onto `cfg`; unknown keys are errors."""
+    """Apply a nested dict (from TOML or JSON) onto `cfg`; unknown keys are errors.
+
+    A budget limit in `data` replaces `cfg`'s whole budget (see `BUDGET`)."""
+    train = data.get("train")
+    if isinstance(train, dict) and any(k.replace("-", "_") in BUDGET for k in train):
+        clear_budget(cfg)
     for key, value in data.items():
         if isinstance(value, dict):
             if key not in SECTIONS:
-                raise ConfigError(f"{source}: unknown section [{key}] (valid: {', '.join(SECTIONS)})")
+                hint = did_you_mean(key, list(SECTIONS), "did you mean [{}]? ")
+                raise ConfigError(f"{source}: unknown section [{key}] ({hint}valid: {', '.join(SECTIONS)})")
             for sub, v in value.items():
                 set_value(cfg, f"{key}.{sub}", v, where=f"{source}: {key}.{sub}")
         else:

@@ -11,20 +11,27 @@ Validation names the flag the user typed: ``--optim.lr must be > 0 (got -1)``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from steplab.errors import ConfigError
 
 
-def opt(default: Any, help: str, **bounds: float) -> Any:  # noqa: A002 - mirrors argparse
-    """A config field with its help text and optional bounds (gt, ge, lt, le)."""
+def opt(default: Any, help: str, **meta: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A field with its one-line help and optional bounds (gt, ge, lt, le).
+
+    Config sections and command options (`steplab.cli`) both use it; command options may add
+    CLI metadata: ``positional=True`` (also accepted as a flag), ``flag="--name"``,
+    ``metavar="RUN"``. ``dataclasses.MISSING`` as the default makes the field required.
+    """
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **bounds})
-    return field(default=default, metadata={"help": help, **bounds})
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass(kw_only=True)
@@ -33,7 +40,7 @@ class ModelConfig:
 
     n_layer: int = opt(4, "number of transformer blocks", ge=1)
     n_head: int = opt(4, "attention heads", ge=1)
-    n_kv_head: int | None = opt(None, "key/value heads for grouped-query attention (default: n_head)", ge=1)
+    n_kv_head: int | None = opt(None, "key/value heads for grouped-query attention (none: n_head)", ge=1)
     n_embd: int = opt(128, "model width", ge=1)
     block_size: int = opt(64, "context length in tokens", ge=1)
     vocab_size: int = opt(0, "vocabulary size (0: taken from the tokenizer)", ge=0)
@@ -91,7 +98,7 @@ class DataConfig:
     path: str | None = opt(
         None,
         "text, .jsonl, .csv or .parquet file, a directory of them, or a dataset saved with "
-        "save_to_disk (default: bundled Tiny Shakespeare)",
+        "save_to_disk (none: the bundled Tiny Shakespeare)",
     )
     text_column: str = opt(
         "text", "the field (JSONL) or column (CSV, parquet, saved dataset) holding the text"
@@ -102,7 +109,7 @@ class DataConfig:
         0.1, "fraction of tokens (the end of the corpus) held out for validation", gt=0, lt=1
     )
     redact: bool = opt(False, "scrub e-mails, phone numbers, IPs, card numbers and keys before tokenizing")
-    cache_dir: str | None = opt(None, "where token caches live (default: $STEPLAB_CACHE or ~/.cache/steplab)")
+    cache_dir: str | None = opt(None, "where token caches live (none: $STEPLAB_CACHE or ~/.cache/steplab)")
 
 
 @dataclass(kw_only=True)
@@ -124,7 +131,7 @@ class OptimConfig:
         1e-3, "peak learning rate, or 'auto' to run the LR range test first", gt=0
     )
     weight_decay: float = opt(0.1, "decoupled weight decay on matrices", ge=0)
-    beta1: float = opt(0.9, "first-moment decay (Adam family, Lion) ", ge=0, lt=1)
+    beta1: float = opt(0.9, "first-moment decay (Adam family, Lion)", ge=0, lt=1)
     beta2: float = opt(0.99, "second-moment decay (Adam family, Lion, SOAP; RMSprop smoothing)", ge=0, lt=1)
     eps: float = opt(1e-8, "denominator epsilon", ge=0)
     momentum: float = opt(0.9, "momentum (sgd, muon)", ge=0, lt=1)
@@ -165,7 +172,7 @@ class TrainConfig:
     )
     compile: bool = opt(False, "torch.compile the model")
     parallel: Literal["ddp", "fsdp"] = opt("ddp", "how torchrun processes share the work: DDP or FSDP2")
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)", ge=1)
+    threads: int | None = opt(None, "CPU threads for torch (none: torch's choice)", ge=1)
     log_every: int = opt(50, "log train metrics every N steps", ge=1)
     progress: bool = opt(True, "show a progress bar (plain lines when not a terminal)")
     tensorboard: bool = opt(True, "also write TensorBoard events (needs the tensorboard extra)")
@@ -183,11 +190,11 @@ class EvalConfig:
 
     every: int = opt(500, "evaluate every N steps (0: only at the end)", ge=0)
     max_windows: int | None = opt(
-        None, "evaluate a fixed seeded subset of this many windows (default: the whole split)", ge=1
+        None, "evaluate a fixed seeded subset of this many windows (none: the whole split)", ge=1
     )
     batch_size: int = opt(256, "windows per evaluation batch", ge=1)
     window: int | None = opt(
-        None, "tokens per validation window (default: the context length); fix it to compare runs", ge=1
+        None, "tokens per validation window (none: the context length); fix it to compare runs", ge=1
     )
 
 
@@ -367,6 +374,12 @@ def check_value(f: dataclasses.Field, value: Any, where: str) -> None:
         raise ConfigError(f"{where} must be finite (got {value})")
 
 
+def did_you_mean(word: str, candidates: Sequence[str], template: str = "did you mean {}? ") -> str:
+    """A hint naming the closest candidate ("" when none is close): for misspelt keys and flags."""
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return template.format(match[0]) if match else ""
+
+
 def set_value(cfg: RunConfig, dotted: str, value: Any, where: str | None = None) -> None:
     """Set `section.field` (hyphens or underscores) on `cfg`, coercing `value` to the field's type."""
     section, _, name = dotted.replace("-", "_").partition(".")
@@ -380,11 +393,25 @@ def set_value(cfg: RunConfig, dotted: str, value: Any, where: str | None = None)
         else:
             raise ConfigError(f"unknown setting {where} (sections: {', '.join(SECTIONS)})")
     if section not in SECTIONS:
-        raise ConfigError(f"unknown section in {where} (valid: {', '.join(SECTIONS)})")
+        hint = did_you_mean(section, list(SECTIONS))
+        raise ConfigError(f"unknown section in {where} ({hint}valid: {', '.join(SECTIONS)})")
     cls = SECTIONS[section]
     names = [f.name for f in dataclasses.fields(cls)]
     if name not in names:
+        hint = did_you_mean(name, names, f"did you mean {section}.{{}}? ")
         raise ConfigError(
-            f"unknown setting {where} (valid in {section}: {', '.join(n.replace('_', '-') for n in names)})"
+            f"unknown setting {where} ({hint}valid in {section}: "
+            f"{', '.join(n.replace('_', '-') for n in names)})"
         )
     setattr(getattr(cfg, section), name, coerce(field_type(cls, name), value, where))
+
+
+# A run's budget: it stops at the first limit reached. A layer of settings (a config file, the
+# flags) that names any of these replaces the budget below it (the preset's, or the file's):
+# `--train.max-seconds 60` trains for 60 seconds, not "60 seconds or the preset's 600 steps".
+BUDGET = ("max_steps", "max_tokens", "max_seconds")
+
+
+def clear_budget(cfg: RunConfig) -> None:
+    for name in BUDGET:
+        setattr(cfg.train, name, None)
