@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from steplab.cli.auto import AUTO
 from steplab.cli.catalog import OPTIMIZERS, PRESETS
 from steplab.cli.compare import COMPARE
 from steplab.cli.corpus import GROUP_HELP, PREPARE
@@ -53,6 +54,7 @@ COMMANDS: list[Command] = [
     COORD_CHECK,
     TRANSFER,
     COMPARE,
+    AUTO,
 ]
 GROUPS = {"data": GROUP_HELP}
 

@@ -1,0 +1,1 @@
+"""`steplab auto`: the best model for a corpus and a compute budget, chosen by experiment (see run.py)."""

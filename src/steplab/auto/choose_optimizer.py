@@ -1,0 +1,144 @@
+"""Decision 2: the optimizer and its learning rate, at a small proxy width under μP.
+
+For each optimizer the LR range test (`steplab lr-find`) gives a cheap first guess when the
+budget affords it (else the optimizer's registered default); proxy runs at the guess and a
+factor of two either side measure the real answer, and a parabola through the three
+losses in log learning rate places the minimum between them. The proxy model is at the
+μP base width, so the learning rate transfers to every wider model (`steplab transfer`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+from steplab.auto.context import Context, Proxy, quiet_copy
+from steplab.auto.space import EXTRA_OPTIMIZERS, MIN_STEPS, OPTIMIZERS
+from steplab.auto.state import Decision
+from steplab.optim import DEFAULT_LR
+
+LR_FACTOR = 2.0
+LR_FIND_STEPS = 60
+
+
+def parabola_min(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """The x of the vertex of the parabola through three points (None if it opens downward)."""
+    (x0, x1, x2), (y0, y1, y2) = xs, ys
+    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
+    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
+    b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denom
+    if a <= 0:
+        return None
+    return -b / (2 * a)
+
+
+def refine_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, str]:
+    """The best learning rate from a log-spaced bracket: the parabola's vertex when the best
+    point is the middle one (clamped inside the bracket), else the best point itself."""
+    best = min(range(len(lrs)), key=lambda i: losses[i])
+    if len(lrs) == 3 and best == 1:
+        v = parabola_min([math.log(x) for x in lrs], losses)
+        if v is not None:
+            lo, hi = math.log(lrs[0]), math.log(lrs[2])
+            return math.exp(min(max(v, lo), hi)), "parabola vertex between the measured points"
+    edge = " (the best point is at the edge of the bracket)" if len(lrs) == 3 and best != 1 else ""
+    return lrs[best], "best measured point" + edge
+
+
+def lr_guess(ctx: Context, cfg, optimizer: str, *, use_lr_find: bool) -> tuple[float, str]:  # noqa: ANN001
+    default = DEFAULT_LR.get(optimizer, 1e-3)
+    if not use_lr_find:
+        return default, f"registered default {default:g} (no budget for a range test)"
+    key = f"lr-find-{optimizer}"
+    cached = ctx.state.measurements.get(key)
+    if cached is None:
+        from steplab.tools.lr_find import lr_find
+
+        c = quiet_copy(cfg)
+        c.optim.name = optimizer
+        res = lr_find(c, steps=LR_FIND_STEPS, lr_min=default / 300, lr_max=default * 100)
+        cached = {"lr": res.suggestion.lr, "stopped": res.stopped}
+        ctx.state.measurements[key] = cached
+        ctx.save()
+    lr = float(cached["lr"])
+    if math.isfinite(lr) and default / 10 <= lr <= default * 10:
+        return lr, f"lr-find suggested {lr:.3g}"
+    return default, f"lr-find suggested {lr:.3g}, too far from the default: default {default:g}"
+
+
+def plan_points(runs: float, optimizers: int) -> tuple[int, bool]:
+    """(learning rates per optimizer, whether to run lr-find first) for `runs` affordable proxies."""
+    if runs >= 4 * optimizers:
+        return 3, True
+    if runs >= 3 * optimizers:
+        return 3, False
+    return 1, False
+
+
+def decide_optimizer(ctx: Context, allowance: float) -> Decision:
+    start = ctx.clock.spent()
+    cfg = copy.deepcopy(ctx.cfg)
+    mup = {"model.parametrization": "mup", "model.mup_base_width": cfg.model.n_embd}
+    fallback = {"optim.name": "muon", "optim.lr": DEFAULT_LR["muon"], **mup}
+    sp = ctx.speed(cfg)
+    one = ctx.step_cost(sp, cfg) * MIN_STEPS + (ctx.proxy_overhead() if ctx.budget.kind == "seconds" else 0.0)
+    runs = allowance / one
+    if runs < len(OPTIMIZERS):
+        return Decision(
+            "optimizer",
+            f"optimizer: muon, lr {DEFAULT_LR['muon']:g}",
+            dict(fallback),
+            f"no budget to compare optimizers ({MIN_STEPS}-step proxies cost {one:.3g} each, the stage had "
+            f"{allowance:.3g}): Muon at its registered default, the best optimizer of docs/optimizers.md",
+            rule="fallback",
+        )
+    optimizers = list(OPTIMIZERS) + (list(EXTRA_OPTIMIZERS) if runs >= 16 else [])
+    points, use_lr_find = plan_points(runs, len(optimizers))
+    rows = [["optimizer", "learning rate", "val bits/byte", "first guess"]]
+    best: dict[str, tuple[float, float, str]] = {}  # optimizer -> (lr, bpb, how)
+    for oi, name in enumerate(optimizers):
+        center, how = lr_guess(ctx, cfg, name, use_lr_find=use_lr_find)
+        lrs = [center / LR_FACTOR, center, center * LR_FACTOR] if points == 3 else [center]
+        proxies: list[Proxy] = []
+        for li, lr in enumerate(lrs):
+            runs_left = (len(optimizers) - oi) * len(lrs) - li
+            share = (allowance - (ctx.clock.spent() - start)) / runs_left
+            c = copy.deepcopy(cfg)
+            c.optim.name, c.optim.lr = name, lr
+            p = ctx.proxy(
+                f"optimizer-{name}-lr{lr:.3g}", c, tokens=ctx.tokens_for(sp, share), params=sp.matmul_params
+            )
+            proxies.append(p)
+            bpb = f"{p.val_bpb:.4f}" if p.ok else f"excluded ({p.status})"
+            rows.append([name, f"{lr:.3g}", bpb, how if li == 0 else ""])
+        ok = [(lr, p) for lr, p in zip(lrs, proxies, strict=True) if p.ok]
+        if len(ok) == 3:
+            lr, rule = refine_lr([x for x, _ in ok], [p.val_bpb or 0.0 for _, p in ok])
+            best[name] = (lr, min(p.val_bpb or 0.0 for _, p in ok), rule)
+        elif ok:
+            lr, p = min(ok, key=lambda t: t[1].val_bpb or 0.0)
+            best[name] = (lr, p.val_bpb or 0.0, "best measured point")
+    if not best:
+        reason = "every proxy diverged or failed: Muon at its registered default"
+        return Decision("optimizer", "optimizer: muon", dict(fallback), reason, rule="fallback", table=rows)
+    winner = min(best, key=lambda k: best[k][1])
+    lr, bpb, rule = best[winner]
+    proxy_toml = ctx.out / "proxies" / f"optimizer-{winner}-lr{lr:.3g}" / "config.toml"
+    return Decision(
+        "optimizer",
+        f"optimizer: {winner}, lr {lr:.3g}",
+        {"optim.name": winner, "optim.lr": lr, **mup},
+        f"lowest validation bits per byte ({bpb:.4f}) at width {cfg.model.n_embd}; lr: {rule}",
+        table=rows,
+        notes=[
+            f"The proxies ran at width {cfg.model.n_embd}, the μP base width: wider models use the "
+            "same learning rate with μP's per-layer scaling (`steplab transfer`).",
+            f"{points} learning rate(s) per optimizer, a factor {LR_FACTOR:g} apart, centred on "
+            + ("the LR range test's suggestion." if use_lr_find else "the registered default."),
+        ],
+        commands=[
+            f"steplab lr-find --config {proxy_toml} --optim {winner}",
+            f"steplab compare --config {proxy_toml} --vary optim.name=" + ",".join(optimizers),
+        ],
+    )
