@@ -136,7 +136,7 @@ def decide_lr_check(ctx: Context, allowance: float) -> Decision:
     ok = {f: p for f, p in results.items() if p.ok}
     rows = [["lr factor", "learning rate", "val bits/byte"]]
     rows += [
-        [f"x{f:g}", f"{lr * f:.3g}", f"{p.val_bpb:.4f}" if p.ok else f"excluded ({p.status})"]
+        [f"x{f:g}", f"{lr * f:.3g}", f"{p.val_bpb:.4f}" if p.ok else f"excluded ({p.verdict})"]
         for f, p in results.items()
     ]
     if not ok:

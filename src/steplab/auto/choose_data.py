@@ -54,7 +54,7 @@ def decide_tokenizer(ctx: Context, allowance: float) -> Decision:
             f"tokenizer-{cand.name}", cfg, tokens=ctx.tokens_for(sp, share), params=sp.matmul_params
         )
         results[cand.name] = (cand, p)
-        bpb = f"{p.val_bpb:.4f}" if p.ok else f"excluded ({p.status})"
+        bpb = f"{p.val_bpb:.4f}" if p.ok else f"excluded ({p.verdict})"
         rows.append(
             [
                 cand.name,

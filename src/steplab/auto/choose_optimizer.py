@@ -110,7 +110,7 @@ def decide_optimizer(ctx: Context, allowance: float) -> Decision:
                 f"optimizer-{name}-lr{lr:.3g}", c, tokens=ctx.tokens_for(sp, share), params=sp.matmul_params
             )
             proxies.append(p)
-            bpb = f"{p.val_bpb:.4f}" if p.ok else f"excluded ({p.status})"
+            bpb = f"{p.val_bpb:.4f}" if p.ok else f"excluded ({p.verdict})"
             rows.append([name, f"{lr:.3g}", bpb, how if li == 0 else ""])
         ok = [(lr, p) for lr, p in zip(lrs, proxies, strict=True) if p.ok]
         if len(ok) == 3:

@@ -171,7 +171,7 @@ def _decision(
                 f"{c.params:,}",
                 f"{speeds[w].tokens_per_second:,.0f}",
                 f"{c.tokens_per_second * final:,.0f}",
-                (f"{p.val_loss:.4f}" if p.ok else f"excluded ({p.status})") if p else "",
+                (f"{p.val_loss:.4f}" if p.ok else f"excluded ({p.verdict})") if p else "",
                 f"{predicted[c.name]:.4f}" if predicted and c.name in predicted else "",
             ]
         )

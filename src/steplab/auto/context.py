@@ -37,14 +37,21 @@ class Proxy:
     wall_seconds: float
     matmul_params: int
     flops_per_token: float
-    curve: list[list[float]] = field(default_factory=list)  # [tokens, val_loss] at each evaluation
-    settings: dict[str, Any] = field(default_factory=dict)
+    curve: list[list[float]] = field(default_factory=list)  # [tokens, mean train loss] per tenth of the run
+    vocab_size: int = 0
 
     @property
     def ok(self) -> bool:
-        return (
-            self.status in ("finished", "target") and self.val_bpb is not None and math.isfinite(self.val_bpb)
-        )
+        """Finished, and learnt something: a loss at the uniform guess (ln V) or above is a
+        run that diverged or never started learning, whatever its status says."""
+        if self.status not in ("finished", "target") or self.val_loss is None or self.val_bpb is None:
+            return False
+        return not self.vocab_size or self.val_loss < 0.97 * math.log(self.vocab_size)
+
+    @property
+    def verdict(self) -> str:
+        """How a table shows an excluded proxy."""
+        return self.status if self.status not in ("finished", "target") else "did not learn"
 
 
 class Tick(Callback):
@@ -197,6 +204,7 @@ class Context:
             matmul_params=params,
             flops_per_token=fpt,
             curve=curve,
+            vocab_size=int(c.model.vocab_size or 0),
         )
         self.clock.flops += fpt * p.tokens
         self.state.proxies[name] = asdict(p)
