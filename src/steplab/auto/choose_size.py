@@ -14,6 +14,7 @@ same parameters are priced too; one is taken only when it is clearly faster.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from steplab.auto.context import Context, Proxy
@@ -58,140 +59,107 @@ def prior_index(cands: list[Candidate], final: float) -> int:
     )
 
 
+@dataclass
+class Evidence:
+    """What the size decision saw: priced candidates, proxies, the fit and its predictions."""
+
+    cands: list[Candidate]
+    speeds: dict[int, Speed]
+    final: float  # the final run's budget
+    proxies: dict[int, Proxy] = field(default_factory=dict)
+    fit: Fit | None = None
+    predicted: dict[str, float] = field(default_factory=dict)
+
+
 def decide_size(ctx: Context, allowance: float, final: float) -> Decision:
     start = ctx.clock.spent()
     speeds = price_ladder(ctx, final, allowance)
     widths = list(speeds)
-    cands = [Candidate(shape_name(w), speeds[w].matmul_params, _rate(ctx, speeds[w])) for w in widths]
-    prior = prior_index(cands, final)
-    if len(cands) == 1:
-        return _decision(
-            ctx,
-            widths[0],
-            "the only width fast enough for the final run",
-            "rule",
-            cands,
-            speeds,
-            {},
-            None,
-            final,
-        )
-    lo = min(max(prior - 1, 0), max(len(cands) - 3, 0))
-    trial = widths[lo : lo + 3]
-    while len(trial) > 1:  # the largest gets the fewest steps at equal time: it must still learn
-        c = at_width(ctx.cfg, trial[-1])
-        if ctx.affordable(
-            speeds[trial[-1]], c, (allowance - (ctx.clock.spent() - start)) / len(trial), MIN_STEPS
-        ):
-            break
-        trial.pop()
+    ev = Evidence(
+        [Candidate(shape_name(w), speeds[w].matmul_params, _rate(ctx, speeds[w])) for w in widths],
+        speeds,
+        final,
+    )
+    prior = prior_index(ev.cands, final)
+    if len(widths) == 1:
+        return _decision(ctx, widths[0], "the only width fast enough for the final run", "rule", ev)
+    trial = affordable_trial(ctx, widths, prior, allowance - (ctx.clock.spent() - start))
     if len(trial) < 2:
-        reason = f"no budget for size proxies: Chinchilla's prior, 20 tokens per parameter at this machine's speed ({cands[prior].name})"
-        return _decision(ctx, widths[prior], reason, "fallback", cands, speeds, {}, None, final)
-    proxies: dict[int, Proxy] = {}
+        reason = (
+            "no budget for size proxies: Chinchilla's prior, 20 tokens per parameter at this "
+            f"machine's speed ({ev.cands[prior].name})"
+        )
+        return _decision(ctx, widths[prior], reason, "fallback", ev)
     for i, w in enumerate(trial):
         c = at_width(ctx.cfg, w)
         c.schedule.decay_fraction = 0.0  # constant after warm-up: points along the run are comparable
         share = (allowance - (ctx.clock.spent() - start)) / (len(trial) - i)
-        proxies[w] = ctx.proxy(
-            f"size-{shape_name(w)}",
-            c,
-            tokens=ctx.tokens_for(speeds[w], share),
-            params=speeds[w].matmul_params,
-        )
-    ok = {w: p for w, p in proxies.items() if p.ok}
+        tokens = ctx.tokens_for(speeds[w], share)
+        ev.proxies[w] = ctx.proxy(f"size-{shape_name(w)}", c, tokens=tokens, params=speeds[w].matmul_params)
+    ok = {w: p for w, p in ev.proxies.items() if p.ok}
     if not ok:
-        return _decision(
-            ctx,
-            trial[0],
-            "every size proxy failed: the smallest",
-            "fallback",
-            cands,
-            speeds,
-            proxies,
-            None,
-            final,
-        )
-    points = [
-        Point(p.matmul_params, tok, loss)
-        for p in ok.values()
-        for tok, loss in p.curve
-        if tok >= CURVE_FROM * p.tokens
-    ]
-    fit = fit_scaling_law(points)
-    best_w = min(ok, key=lambda w: ok[w].val_loss or math.inf)
-    share = (
-        ok[best_w].train_seconds
-        if ctx.budget.kind == "seconds"
-        else ok[best_w].tokens * ok[best_w].flops_per_token
+        return _decision(ctx, trial[0], "every size proxy failed: the smallest", "fallback", ev)
+    ev.fit = fit_scaling_law(
+        [
+            Point(p.matmul_params, tok, loss)
+            for p in ok.values()
+            for tok, loss in p.curve
+            if tok >= CURVE_FROM * p.tokens
+        ]
     )
+    best = ok[min(ok, key=lambda w: ok[w].val_loss or math.inf)]
+    spent = best.train_seconds if ctx.budget.kind == "seconds" else best.tokens * best.flops_per_token
+    seen = [p.matmul_params for p in ok.values()]
     choice = compute_optimal_size(
-        fit,
-        cands,
-        final,
-        proxy_best=shape_name(best_w),
-        proxy_seconds=share,
-        seen_params=[p.matmul_params for p in ok.values()],
+        ev.fit, ev.cands, final, proxy_best=best.name[len("size-") :], proxy_seconds=spent, seen_params=seen
     )
+    ev.predicted = choice.predicted if choice.rule == "fit" else {}
     width = next(w for w in widths if shape_name(w) == choice.name)
-    rule = "measured" if choice.rule == "fit" else "fallback"
-    return _decision(
-        ctx,
-        width,
-        choice.reason,
-        rule,
-        cands,
-        speeds,
-        proxies,
-        fit,
-        final,
-        predicted=choice.predicted if choice.rule == "fit" else {},
-    )
+    return _decision(ctx, width, choice.reason, "measured" if choice.rule == "fit" else "fallback", ev)
 
 
-def _decision(
-    ctx: Context,
-    width: int,
-    reason: str,
-    rule: str,
-    cands: list[Candidate],
-    speeds: dict[int, Speed],
-    proxies: dict[int, Proxy],
-    fit: Fit | None,
-    final: float,
-    predicted: dict[str, float] | None = None,
-) -> Decision:
-    depth, width, depth_note = pick_depth(ctx, width, speeds[width])
+def affordable_trial(ctx: Context, widths: list[int], prior: int, allowance: float) -> list[int]:
+    """Up to three widths around the prior; the largest dropped while it cannot get MIN_STEPS
+    steps at equal time (it gets the fewest)."""
+    lo = min(max(prior - 1, 0), max(len(widths) - 3, 0))
+    trial = widths[lo : lo + 3]
+    while len(trial) > 1:
+        c = at_width(ctx.cfg, trial[-1])
+        if ctx.affordable(ctx.speed(c), c, allowance / len(trial), MIN_STEPS):
+            break
+        trial.pop()
+    return trial
+
+
+def _decision(ctx: Context, width: int, reason: str, rule: str, ev: Evidence) -> Decision:
+    depth, width, depth_note = pick_depth(ctx, width, ev.speeds[width])
     rows = [["size", "params (matmul)", "tokens/s", "final tokens", "proxy val loss", "predicted final loss"]]
-    for c, w in zip(cands, speeds, strict=True):
-        p = proxies.get(w)
+    for c, w in zip(ev.cands, ev.speeds, strict=True):
+        p = ev.proxies.get(w)
         rows.append(
             [
                 c.name,
                 f"{c.params:,}",
-                f"{speeds[w].tokens_per_second:,.0f}",
-                f"{c.tokens_per_second * final:,.0f}",
+                f"{ev.speeds[w].tokens_per_second:,.0f}",
+                f"{c.tokens_per_second * ev.final:,.0f}",
                 (f"{p.val_loss:.4f}" if p.ok else f"excluded ({p.verdict})") if p else "",
-                f"{predicted[c.name]:.4f}" if predicted and c.name in predicted else "",
+                f"{ev.predicted[c.name]:.4f}" if c.name in ev.predicted else "",
             ]
         )
     notes = []
-    if fit is not None:
+    if ev.fit is not None:
+        f = ev.fit
         trusted = (
             ""
-            if fit.trusted
+            if f.trusted
             else " (not trusted: too few points or sizes, an exponent at its bound, or R² < 0.8)"
         )
         notes.append(
-            f"Scaling-law fit on {fit.points} points from {fit.sizes} sizes: L = {fit.e:.3f} + {fit.a:.3g}/N^{fit.alpha:.2f} "
-            f"+ {fit.b:.3g}/D^{fit.beta:.2f}, R² {fit.r2:.3f}{trusted}."
+            f"Scaling-law fit on {f.points} points from {f.sizes} sizes: L = {f.e:.3f} + {f.a:.3g}/N^{f.alpha:.2f} "
+            f"+ {f.b:.3g}/D^{f.beta:.2f}, R² {f.r2:.3f}{trusted}."
         )
-    plot = plot_fit(
-        ctx.out / "auto_files" / "size.png",
-        proxies,
-        fit,
-        {c.name: (c.params, c.tokens_per_second * final) for c in cands},
-    )
+    finals = {c.name: (c.params, c.tokens_per_second * ev.final) for c in ev.cands}
+    plot = plot_fit(ctx.out / "auto_files" / "size.png", ev.proxies, ev.fit, finals)
     return Decision(
         "size",
         f"size: {shape_name(width, depth)}",
