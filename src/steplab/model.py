@@ -171,6 +171,8 @@ class MLP(nn.Module):
             h = F.silu(gate) * up
         elif self.kind == "relu2":
             h = F.relu(h).square()
+        elif self.kind == "gelu_tanh":
+            h = F.gelu(h, approximate="tanh")
         else:
             h = F.gelu(h)
         return F.dropout(self.proj(h), self.dropout, self.training)

@@ -26,7 +26,7 @@ class ExportOptions:
 
 def cmd_export(opts: ExportOptions) -> int:
     from steplab import checkpoint as ckpt
-    from steplab.tools.export import build_model, export_hf, export_safetensors
+    from steplab.tools.export import FAMILIES, build_model, export_hf, export_safetensors
 
     run_dir, out = Path(opts.run), Path(opts.out)
     if not run_dir.exists():
@@ -48,7 +48,7 @@ def cmd_export(opts: ExportOptions) -> int:
     except ImportError:
         pass
     res = export_hf(model, loaded.tokenizer, out, provenance=provenance)
-    cls = "LlamaForCausalLM" if res.family == "llama" else "GPT2LMHeadModel"
+    cls = FAMILIES[res.family].cls
     print(
         f"wrote {out} as {cls} from {path}; reloaded with transformers: max |logit diff| {res.max_abs_diff:.2e}"
     )

@@ -48,8 +48,13 @@ class ModelConfig:
     rope_theta: float = opt(10000.0, "RoPE base frequency", gt=0)
     norm: Literal["layernorm", "rmsnorm"] = opt("layernorm", "normalisation layer")
     norm_eps: float = opt(1e-5, "epsilon of the norm layers", gt=0)
-    mlp: Literal["gelu", "swiglu", "relu2"] = opt("gelu", "MLP type")
+    mlp: Literal["gelu", "gelu_tanh", "swiglu", "relu2"] = opt(
+        "gelu", "MLP type (gelu_tanh: GPT-2's tanh approximation of GELU)"
+    )
     mlp_ratio: float = opt(4.0, "MLP hidden width / model width (swiglu uses 2/3 of it)", gt=0)
+    mlp_width: int | None = opt(
+        None, "MLP hidden width, overriding mlp_ratio (--init-from sets the pretrained model's)", ge=1
+    )
     qk_norm: bool = opt(False, "RMS-normalise queries and keys per head")
     tie_embeddings: bool = opt(True, "share the input embedding and the output head")
     bias: bool = opt(True, "biases in linear and norm layers")
@@ -73,6 +78,8 @@ class ModelConfig:
 
     @property
     def mlp_hidden(self) -> int:
+        if self.mlp_width is not None:
+            return self.mlp_width
         hidden = self.mlp_ratio * self.n_embd
         if self.mlp == "swiglu":  # three matrices instead of two: keep the parameter count
             hidden = hidden * 2 / 3

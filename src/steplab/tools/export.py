@@ -1,15 +1,11 @@
 """Export a run's checkpoint for use outside steplab.
 
 ``--format hf`` writes a directory that ``transformers.AutoModelForCausalLM.from_pretrained``
-and ``AutoTokenizer.from_pretrained`` load without custom code:
-
-- Llama-style models (rope, rmsnorm, swiglu) become ``LlamaForCausalLM``: steplab's fused
-  ``qkv`` splits into ``q_proj``/``k_proj``/``v_proj``, the fused swiglu ``fc`` (gate, then
-  up) into ``gate_proj``/``up_proj``. Both use the rotate-half RoPE layout, so no permutation.
-- GPT-2-style models (learned positions, layernorm, gelu) become ``GPT2LMHeadModel``, whose
-  ``Conv1D`` stores weights as (in, out): every matrix is transposed. steplab's GELU is the
-  exact erf form, so the activation is ``gelu``, not GPT-2's tanh ``gelu_new``.
-- char, byte and BPE tokenizers become one fast tokenizer (``tokenizer.json``) each.
+and ``AutoTokenizer.from_pretrained`` load without custom code, as the transformers class
+that computes exactly what the model does (`steplab.hf.families`: Llama, Qwen3, Arcee,
+Apertus or GPT-2), with the tensors mapped by the rules `--init-from` reads back
+(`steplab.hf.weights`). char, byte and BPE tokenizers become one fast tokenizer
+(``tokenizer.json``) each; a pretrained one is written back as it came.
 
 Anything without a faithful equivalent is an `ExportError` that names the blocking setting.
 Before the directory lands at ``--out``, it is reloaded with transformers and its logits
@@ -23,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -36,175 +31,11 @@ from safetensors.torch import load_file, save_file
 
 from steplab.config import ModelConfig
 from steplab.data.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, from_json
-from steplab.errors import SteplabError
+from steplab.hf.families import FAMILIES, HF_EXTRA, ExportError, family_for, hf_config
+from steplab.hf.weights import to_hf
 from steplab.model import GPT
 
-
-class ExportError(SteplabError):
-    """A model or tokenizer that cannot be written faithfully in the requested format."""
-
-
-HF_EXTRA = "the hf export needs the hf extra: pip install 'steplab[hf]' (transformers)"
-
-
-# --- which transformers class, or why none ------------------------------------------------
-
-
-def hf_family(cfg: ModelConfig) -> str:
-    """'llama' or 'gpt2' for a model transformers can run as is; `ExportError` naming the setting otherwise."""
-    if cfg.qk_norm:
-        raise ExportError(
-            "--model.qk-norm true has no transformers equivalent in LlamaForCausalLM or GPT2LMHeadModel"
-        )
-    if cfg.parametrization == "mup" and cfg.tie_embeddings and logit_scale(cfg) != 1.0:
-        raise ExportError(
-            "--model.parametrization mup with --model.tie-embeddings true: the muP logit scale "
-            f"(1/{1 / logit_scale(cfg):g}) cannot be folded into a head shared with the input embedding"
-        )
-    llama = {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu"}
-    gpt2 = {"pos": "learned", "norm": "layernorm", "mlp": "gelu"}
-    got = {k: getattr(cfg, k) for k in llama}
-    for family, want in (("llama", llama), ("gpt2", gpt2)):
-        if got == want:
-            if family == "gpt2" and cfg.kv_heads != cfg.n_head:
-                raise ExportError(
-                    f"--model.n-kv-head {cfg.kv_heads} (grouped-query attention) has no GPT-2 equivalent; "
-                    "GQA exports only as a Llama-style model (rope, rmsnorm, swiglu)"
-                )
-            return family
-    # Name the settings that keep the model from the family it is closest to.
-    nearest = llama if sum(got[k] == v for k, v in llama.items()) >= 2 else gpt2
-    name = "LlamaForCausalLM" if nearest is llama else "GPT2LMHeadModel"
-    wrong = [f"--model.{k} {got[k]} (needs {v})" for k, v in nearest.items() if got[k] != v]
-    raise ExportError(f"no transformers equivalent: for {name}, {', '.join(wrong)}")
-
-
-def logit_scale(cfg: ModelConfig) -> float:
-    return cfg.mup_base_width / cfg.n_embd if cfg.parametrization == "mup" else 1.0
-
-
-def _fold_mup(cfg: ModelConfig, q: torch.Tensor) -> torch.Tensor:
-    """transformers scales scores by 1/sqrt(hs); fold steplab's muP scale into q instead.
-
-    RoPE is linear in q, so scaling before it is exact.
-    """
-    from steplab.model import attention_scale
-
-    scale = attention_scale(cfg)
-    return q if scale is None else q * (scale * math.sqrt(cfg.head_dim))
-
-
-# --- weights -----------------------------------------------------------------------------
-
-
-def llama_state(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """steplab names -> LlamaForCausalLM names (same (out, in) layout as nn.Linear)."""
-    nh, nkv, hs = cfg.n_head, cfg.kv_heads, cfg.head_dim
-    out = {"model.embed_tokens.weight": sd["wte.weight"], "model.norm.weight": sd["norm_f.weight"]}
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"] * logit_scale(cfg)
-    for i in range(cfg.n_layer):
-        s, d = f"blocks.{i}.", f"model.layers.{i}."
-        out[d + "input_layernorm.weight"] = sd[s + "norm1.weight"]
-        out[d + "post_attention_layernorm.weight"] = sd[s + "norm2.weight"]
-        for kind in ("weight", "bias") if cfg.bias else ("weight",):
-            q, k, v = sd[s + f"attn.qkv.{kind}"].split([nh * hs, nkv * hs, nkv * hs], dim=0)
-            out[d + f"self_attn.q_proj.{kind}"] = _fold_mup(cfg, q)
-            out[d + f"self_attn.k_proj.{kind}"] = k
-            out[d + f"self_attn.v_proj.{kind}"] = v
-            out[d + f"self_attn.o_proj.{kind}"] = sd[s + f"attn.proj.{kind}"]
-            gate, up = sd[s + f"mlp.fc.{kind}"].chunk(2, dim=0)
-            out[d + f"mlp.gate_proj.{kind}"] = gate
-            out[d + f"mlp.up_proj.{kind}"] = up
-            out[d + f"mlp.down_proj.{kind}"] = sd[s + f"mlp.proj.{kind}"]
-    return out
-
-
-def gpt2_state(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """steplab names -> GPT2LMHeadModel names; Conv1D matrices are (in, out), so transposed.
-
-    A model trained without biases gets zero biases: the same function, in GPT-2's shape.
-    """
-    C = cfg.n_embd
-
-    def bias(key: str, n: int) -> torch.Tensor:
-        return sd[key] if cfg.bias else torch.zeros(n)
-
-    out = {
-        "transformer.wte.weight": sd["wte.weight"],
-        "transformer.wpe.weight": sd["wpe.weight"],
-        "transformer.ln_f.weight": sd["norm_f.weight"],
-        "transformer.ln_f.bias": bias("norm_f.bias", C),
-    }
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"] * logit_scale(cfg)
-    for i in range(cfg.n_layer):
-        s, d = f"blocks.{i}.", f"transformer.h.{i}."
-        for src, dst in (("norm1", "ln_1"), ("norm2", "ln_2")):
-            out[d + f"{dst}.weight"] = sd[s + f"{src}.weight"]
-            out[d + f"{dst}.bias"] = bias(s + f"{src}.bias", C)
-        w, b = sd[s + "attn.qkv.weight"].clone(), bias(s + "attn.qkv.bias", 3 * C).clone()
-        w[:C], b[:C] = _fold_mup(cfg, w[:C]), _fold_mup(cfg, b[:C])
-        out[d + "attn.c_attn.weight"], out[d + "attn.c_attn.bias"] = w.t(), b
-        out[d + "attn.c_proj.weight"] = sd[s + "attn.proj.weight"].t()
-        out[d + "attn.c_proj.bias"] = bias(s + "attn.proj.bias", C)
-        out[d + "mlp.c_fc.weight"] = sd[s + "mlp.fc.weight"].t()
-        out[d + "mlp.c_fc.bias"] = bias(s + "mlp.fc.bias", cfg.mlp_hidden)
-        out[d + "mlp.c_proj.weight"] = sd[s + "mlp.proj.weight"].t()
-        out[d + "mlp.c_proj.bias"] = bias(s + "mlp.proj.bias", C)
-    return out
-
-
-def hf_config(cfg: ModelConfig, family: str) -> Any:
-    """The transformers config. No bos/eos/pad: steplab's tokenizers have no special tokens."""
-    import transformers
-
-    no_special: dict[str, Any] = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-    if family == "llama":
-        # transformers 5 reads RoPE settings from rope_parameters; 4.x from rope_theta.
-        rope: dict[str, Any] = (
-            {"rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta}}
-            if "rope_parameters" in getattr(transformers.LlamaConfig, "__dataclass_fields__", {})
-            else {"rope_theta": cfg.rope_theta}
-        )
-        return transformers.LlamaConfig(
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.n_embd,
-            intermediate_size=cfg.mlp_hidden,
-            num_hidden_layers=cfg.n_layer,
-            num_attention_heads=cfg.n_head,
-            num_key_value_heads=cfg.kv_heads,
-            head_dim=cfg.head_dim,
-            hidden_act="silu",
-            max_position_embeddings=cfg.block_size,
-            rms_norm_eps=cfg.norm_eps,
-            tie_word_embeddings=cfg.tie_embeddings,
-            attention_bias=cfg.bias,
-            mlp_bias=cfg.bias,
-            attention_dropout=cfg.dropout,
-            initializer_range=cfg.init_std,
-            **rope,
-            **no_special,
-        )
-    return transformers.GPT2Config(
-        vocab_size=cfg.vocab_size,
-        n_positions=cfg.block_size,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_inner=cfg.mlp_hidden,
-        activation_function="gelu",  # exact erf GELU, as torch's F.gelu
-        layer_norm_epsilon=cfg.norm_eps,
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        scale_attn_weights=True,
-        scale_attn_by_inverse_layer_idx=False,
-        reorder_and_upcast_attn=False,
-        tie_word_embeddings=cfg.tie_embeddings,
-        initializer_range=cfg.init_std,
-        **no_special,
-    )
+__all__ = ["FAMILIES", "ExportError", "export_hf", "export_safetensors", "family_for", "load_safetensors"]
 
 
 # --- tokenizers ----------------------------------------------------------------------------
@@ -264,7 +95,7 @@ def check_tokenizer(tok: Tokenizer, fast: Any, sample: str) -> None:
 @dataclasses.dataclass
 class Exported:
     out: Path
-    family: str  # llama | gpt2 | steplab
+    family: str  # a key of FAMILIES (llama, qwen3, arcee, apertus, gpt2) or steplab
     max_abs_diff: float | None  # transformers' logits vs steplab's on a random batch
 
 
@@ -290,26 +121,28 @@ def export_hf(
     The reload's logits on a random batch must be within `tolerance` of steplab's.
     """
     cfg = model.cfg
-    family = hf_family(cfg)
+    fam = family_for(cfg)
     try:
         import transformers
     except ImportError:
-        raise ExportError(HF_EXTRA) from None
+        raise ExportError(f"the hf export {HF_EXTRA}") from None
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=hf_tokenizer(tok), clean_up_tokenization_spaces=False
     )
     check_tokenizer(tok, fast, sample or _tokenizer_sample(tok))
     fast.model_max_length = cfg.block_size  # transformers warns past it (positions end there)
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    state = llama_state(cfg, sd) if family == "llama" else gpt2_state(cfg, sd)
-    cls = transformers.LlamaForCausalLM if family == "llama" else transformers.GPT2LMHeadModel
     torch.manual_seed(0)
-    hf = cls(hf_config(cfg, family))
-    missing, unexpected = hf.load_state_dict(state, strict=False)
+    hf = transformers.AutoModelForCausalLM.from_config(hf_config(cfg, fam))
+    if type(hf).__name__ != fam.cls:  # pragma: no cover - a transformers that maps model types elsewhere
+        raise ExportError(
+            f"transformers {transformers.__version__} builds {type(hf).__name__}, not {fam.cls}"
+        )
+    missing, unexpected = hf.load_state_dict(to_hf(cfg, fam, sd), strict=False)
     missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]
     if missing or unexpected:  # a transformers version whose layout differs from this mapping
         raise ExportError(
-            f"transformers {transformers.__version__} {cls.__name__} does not match the mapping "
+            f"transformers {transformers.__version__} {fam.cls} does not match the mapping "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     if cfg.tie_embeddings:
@@ -329,7 +162,7 @@ def export_hf(
             )
 
     _write_atomically(out, write)
-    return Exported(out=out, family=family, max_abs_diff=diff)
+    return Exported(out=out, family=fam.name, max_abs_diff=diff)
 
 
 def compare_logits(model: GPT, out: Path, *, batch: int = 2, seed: int = 0) -> float:
