@@ -86,7 +86,11 @@ BAD_FLAGS = [
     (["--train.max-steps", "-5"], "--train.max-steps must be >= 1"),
     (["--train.max-seconds", "0"], "--train.max-seconds must be > 0"),
     (["--model.norm", "batchnorm"], "--model.norm must be one of layernorm, rmsnorm (got 'batchnorm')"),
-    (["--tokenizer", "wordpiece"], "--tokenizer.kind must be one of char, byte, bpe"),
+    (
+        ["--tokenizer", "wordpiece"],
+        "--tokenizer must be one of char, byte, bpe, pretrained or a tokenizer.json path",
+    ),
+    (["--tokenizer.kind", "wordpiece"], "--tokenizer.kind must be one of char, byte, bpe, pretrained"),
     (["--optim.name", "adamx"], "unknown optimizer 'adamx' (valid:"),
     (["--schedule", "triangle"], "unknown schedule 'triangle' (valid:"),
     (["--model.n-embd", "30", "--model.n-head", "4"], "must be divisible by --model.n-head"),

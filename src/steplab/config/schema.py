@@ -123,10 +123,24 @@ class DataConfig:
 class TokenizerConfig:
     """How text becomes tokens."""
 
-    kind: Literal["char", "byte", "bpe"] = opt(
-        "char", "tokenizer: char, byte (UTF-8) or bpe (trained locally)"
+    kind: Literal["char", "byte", "bpe", "pretrained"] = opt(
+        "char",
+        "tokenizer: char, byte (UTF-8), bpe (trained locally) or pretrained (a tokenizer.json, "
+        "--tokenizer.path); `--tokenizer PATH` is short for the last",
     )
     vocab_size: int = opt(4096, "BPE vocabulary size", ge=257)
+    path: str | None = opt(
+        None, "pretrained: a Hugging Face tokenizer.json used as is (a local file; never downloaded)"
+    )
+
+    def check(self) -> None:
+        if self.kind == "pretrained" and not self.path:
+            raise ConfigError("--tokenizer.kind pretrained needs --tokenizer.path (a tokenizer.json)")
+        if self.path and self.kind != "pretrained":
+            raise ConfigError(
+                f"--tokenizer.path is for --tokenizer.kind pretrained (got {self.kind}); "
+                "pass --tokenizer PATH to use a tokenizer file"
+            )
 
 
 @dataclass(kw_only=True)
@@ -243,7 +257,8 @@ SECTIONS: dict[str, type] = {
     "guard": GuardConfig,
 }
 
-# `--data corpus/` and `--tokenizer bpe` are short for the section's main field.
+# `--data corpus/` and `--tokenizer bpe` are short for the section's main field; `--tokenizer`
+# with anything but a kind's name is a tokenizer file (`--tokenizer.kind pretrained --tokenizer.path`).
 SHORTHANDS: dict[str, str] = {"data": "path", "tokenizer": "kind", "optim": "name", "schedule": "name"}
 
 
@@ -392,6 +407,14 @@ def set_value(cfg: RunConfig, dotted: str, value: Any, where: str | None = None)
     section, _, name = dotted.replace("-", "_").partition(".")
     where = where or flag(section if name else None, name or section)
     if not name:
+        kinds = typing.get_args(field_type(TokenizerConfig, "kind"))
+        if section == "tokenizer" and isinstance(value, str) and value not in kinds:
+            if not (value.endswith(".json") or "/" in value or Path(value).exists()):
+                raise ConfigError(
+                    f"{where} must be one of {', '.join(kinds)} or a tokenizer.json path (got {value!r})"
+                )
+            cfg.tokenizer.kind, cfg.tokenizer.path = "pretrained", value  # `--tokenizer PATH`
+            return
         if section in SHORTHANDS:
             section, name = section, SHORTHANDS[section]
         elif section in {f.name for f in dataclasses.fields(RunConfig)} and section not in SECTIONS:

@@ -17,6 +17,8 @@ class BatchSampler:
 
     Under torchrun every rank draws the same global batch of `batch_size` windows and keeps
     its own slice, so the data, and the losses, do not depend on the number of processes.
+    The tokens stay where they are (a memory-mapped cache of any size, uint16 or uint32): each
+    batch reads only its own windows, so memory does not grow with the corpus.
     """
 
     def __init__(
@@ -39,19 +41,20 @@ class BatchSampler:
             raise DataError(
                 f"--train.batch-size {batch_size} must be divisible by the number of processes ({world_size})"
             )
-        self.data = torch.from_numpy(np.asarray(tokens).astype(np.int64))
+        self.tokens = tokens
         self.block_size, self.batch_size, self.seed, self.device = block_size, batch_size, seed, device
-        self.offsets = torch.arange(block_size + 1)
+        self.offsets = np.arange(block_size + 1)
         per_rank = batch_size // world_size
         self.rows = slice(rank * per_rank, (rank + 1) * per_rank)
 
     def batch_at(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The index-th micro-batch (this rank's slice of it): inputs and targets, (B, T) each."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        starts = torch.randint(len(self.data) - self.block_size - 1, (self.batch_size,), generator=g)[
+        starts = torch.randint(len(self.tokens) - self.block_size - 1, (self.batch_size,), generator=g)[
             self.rows
         ]
-        window = self.data[starts[:, None] + self.offsets]  # (B, T + 1)
+        rows = self.tokens[starts.numpy()[:, None] + self.offsets]  # (B, T + 1), read from the memmap
+        window = torch.from_numpy(rows.astype(np.int64))
         x, y = window[:, :-1], window[:, 1:]
         if self.device.type == "cuda":
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(
@@ -63,17 +66,17 @@ class BatchSampler:
 def val_windows(
     tokens: np.ndarray, block_size: int, max_windows: int | None, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Non-overlapping windows over the validation split (or a fixed seeded subset of them)."""
-    data = torch.from_numpy(np.asarray(tokens).astype(np.int64))
-    if len(data) < 2:
+    """Non-overlapping windows over the validation split (or a fixed seeded subset of them, the
+    only windows then read from the memmap)."""
+    if len(tokens) < 2:
         raise DataError(
-            f"validation split has {len(data)} tokens; use more text or a larger --data.val-fraction"
+            f"validation split has {len(tokens)} tokens; use more text or a larger --data.val-fraction"
         )
-    block_size = min(block_size, len(data) - 1)  # a split shorter than the context: one shorter window
-    n = (len(data) - 1) // block_size
-    x = data[: n * block_size].view(n, block_size)
-    y = data[1 : n * block_size + 1].view(n, block_size)
+    block_size = min(block_size, len(tokens) - 1)  # a split shorter than the context: one shorter window
+    n = (len(tokens) - 1) // block_size
+    idx = torch.arange(n)
     if max_windows is not None and max_windows < n:
         idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_windows].sort().values
-        x, y = x[idx], y[idx]
-    return x, y
+    rows = tokens[(idx.numpy() * block_size)[:, None] + np.arange(block_size + 1)]  # (n, T + 1)
+    window = torch.from_numpy(np.asarray(rows).astype(np.int64))
+    return window[:, :-1].contiguous(), window[:, 1:].contiguous()

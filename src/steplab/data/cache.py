@@ -3,7 +3,7 @@
 A corpus is a text file, JSONL, CSV or parquet, a directory of them, or a Hugging Face
 dataset saved with ``save_to_disk`` (reading is `steplab.data.corpus`). It is tokenized once,
 streaming and in worker processes (`steplab.data.encode`), into a memory-mapped array (uint16
-when the vocabulary fits) next to a small ``meta.json`` (tokenizer, counts, source hash);
+when the vocabulary fits, uint32 above 65,536 tokens) next to a small ``meta.json`` (tokenizer, counts, source hash);
 later runs reuse it while the source and the tokenizer settings are unchanged. The last
 `val_fraction` of the tokens is the validation split. Batches come from `batch_at(step)`: a
 pure function of (seed, step), so the sampler's position is just the step and a resumed
@@ -65,6 +65,8 @@ def prepare(data_cfg: DataConfig, tok_cfg: TokenizerConfig, *, progress: bool = 
         "redact": data_cfg.redact,
         "val_fraction": data_cfg.val_fraction,
     }
+    if tok_cfg.kind == "pretrained":  # keyed by the file's content, not its name
+        settings["tokenizer_file"] = _file_sha256(tok_cfg.path or "")
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
     cache = cache_root(data_cfg) / "tokens" / key
     meta_path = cache / "meta.json"
@@ -75,6 +77,14 @@ def prepare(data_cfg: DataConfig, tok_cfg: TokenizerConfig, *, progress: bool = 
     tokenizer = from_json(json.loads((cache / "tokenizer.json").read_text()))
     n_val = meta["val_tokens"]
     return TokenData(train=tokens[:-n_val], val=tokens[-n_val:], tokenizer=tokenizer, meta=meta)
+
+
+def _file_sha256(path: str) -> str:
+    from steplab.data.tokenizer import PretrainedTokenizer
+
+    if not Path(path).is_file():
+        PretrainedTokenizer.from_file(path)  # raises the tokenizer's own error
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _build_cache(

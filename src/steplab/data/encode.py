@@ -36,6 +36,7 @@ from steplab.data.tokenizer import (
     BPETokenizer,
     ByteTokenizer,
     CharTokenizer,
+    PretrainedTokenizer,
     Tokenizer,
     from_json,
     train_tokenizer,
@@ -100,13 +101,17 @@ def _count(text: str, stats: Stats) -> str:
 
 
 def train(data_cfg: DataConfig, tok_cfg: TokenizerConfig, stats: Stats) -> Tokenizer:
-    """Train the tokenizer on one streamed pass (char: the alphabet; bpe: merges; byte: nothing)."""
+    """Train the tokenizer on one streamed pass (char: the alphabet; bpe: merges; byte and
+    pretrained: nothing to learn, the corpus is not read)."""
     if tok_cfg.kind == "byte":
         return ByteTokenizer()
+    if tok_cfg.kind == "pretrained":
+        return PretrainedTokenizer.from_file(tok_cfg.path or "")
     return train_tokenizer(units(pieces(data_cfg), stats), tok_cfg)
 
 
 def token_dtype(tokenizer: Tokenizer) -> np.dtype:
+    """uint16 while every id fits (vocabularies up to 65,536), uint32 above (Llama 3's 128k, ...)."""
     return np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
 
 
@@ -157,7 +162,18 @@ def token_bytes(tok: Tokenizer) -> np.ndarray:
 
 
 def count_bytes(tokens: np.ndarray, tok: Tokenizer, chunk: int = 1 << 20) -> int:
-    """Bytes of text behind `tokens`, read in chunks (a memmap is never loaded whole)."""
+    """Bytes of text behind `tokens`, read in chunks (a memmap is never loaded whole).
+
+    A pretrained tokenizer that is not byte-level (SentencePiece-style "▁" words, byte
+    fallback, WordPiece) has no per-token byte count: its tokens are decoded in chunks and
+    the text measured (off by at most a character at each chunk's edge).
+    """
+    if isinstance(tok, PretrainedTokenizer) and not tok.byte_level:
+        step = 1 << 16
+        return sum(
+            len(tok.decode(tokens[i : i + step].tolist()).encode("utf-8"))
+            for i in range(0, len(tokens), step)
+        )
     table = token_bytes(tok).astype(np.uint16)  # 2 bytes per token of temporaries, not 8
     return sum(int(table[tokens[i : i + chunk]].sum(dtype=np.int64)) for i in range(0, len(tokens), chunk))
 

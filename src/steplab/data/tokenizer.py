@@ -1,8 +1,9 @@
-"""Tokenizers: char, byte (UTF-8) and BPE (trained locally with Hugging Face `tokenizers`).
+"""Tokenizers: char, byte (UTF-8), BPE (trained locally with Hugging Face `tokenizers`) and a
+pretrained one read from a user's ``tokenizer.json`` (GPT-2's, Llama's, an `--init-from` model's).
 
-All three share one small interface (`encode`, `decode`, `vocab_size`, `to_json`) and are
-saved with the run as `tokenizer.json`, so `sample` and `eval` never depend on the corpus.
-Nothing is ever downloaded.
+All four share one small interface (`encode`, `decode`, `vocab_size`, `to_json`) and are
+saved with the run as `tokenizer.json`, so `sample` and `eval` never depend on the corpus
+or on the file a pretrained tokenizer came from. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -126,6 +127,55 @@ class BPETokenizer:
         return {"kind": "bpe", "hf": json.loads(self.tok.to_str())}
 
 
+class PretrainedTokenizer(BPETokenizer):
+    """A Hugging Face ``tokenizer.json`` made elsewhere, used as is: never trained, never downloaded.
+
+    Text is encoded without the special tokens a post-processor would add (a BOS per piece
+    of a streamed corpus would be wrong); steplab joins documents with a newline, as for its
+    own tokenizers. Any model the file holds (BPE, WordPiece, Unigram, byte fallback) works.
+    """
+
+    kind = "pretrained"
+
+    @classmethod
+    def train(cls, texts: Iterable[str], cfg: TokenizerConfig) -> PretrainedTokenizer:
+        return cls.from_file(cfg.path or "")
+
+    @classmethod
+    def from_file(cls, path: str) -> PretrainedTokenizer:
+        from pathlib import Path
+
+        from tokenizers import Tokenizer as HFTokenizer
+
+        p = Path(path)
+        if not p.is_file():
+            hint = (
+                "; steplab never downloads: save the tokenizer locally (tokenizer.save(PATH) or "
+                "AutoTokenizer.save_pretrained(DIR)) and pass the tokenizer.json"
+                if not p.exists()
+                else ""
+            )
+            raise DataError(f"--tokenizer.path: {path} is not a file{hint}")
+        try:
+            return cls(HFTokenizer.from_file(str(p)))
+        except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+            raise DataError(f"--tokenizer.path: {path} is not a Hugging Face tokenizer.json ({e})") from None
+
+    @property
+    def byte_level(self) -> bool:
+        """Whether each token's string is its bytes, one symbol per byte (GPT-2 style byte-level BPE)."""
+        return type(self.tok.decoder).__name__ == "ByteLevel"
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False).ids)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "pretrained", "hf": json.loads(self.tok.to_str())}
+
+
 def _chunks(texts: Iterable[str], size: int = 1 << 16) -> Iterator[str]:
     """Feed long documents to the BPE trainer in pieces (line boundaries kept)."""
     for t in texts:
@@ -137,7 +187,12 @@ def _chunks(texts: Iterable[str], size: int = 1 << 16) -> Iterator[str]:
             start = end
 
 
-TOKENIZERS: dict[str, Any] = {"char": CharTokenizer, "byte": ByteTokenizer, "bpe": BPETokenizer}
+TOKENIZERS: dict[str, Any] = {
+    "char": CharTokenizer,
+    "byte": ByteTokenizer,
+    "bpe": BPETokenizer,
+    "pretrained": PretrainedTokenizer,
+}
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
@@ -153,10 +208,11 @@ def from_json(data: dict[str, Any]) -> Tokenizer:
         return CharTokenizer(data["chars"])
     if kind == "byte":
         return ByteTokenizer()
-    if kind == "bpe":
+    if kind in ("bpe", "pretrained"):
         from tokenizers import Tokenizer as HFTokenizer
 
-        return BPETokenizer(HFTokenizer.from_str(json.dumps(data["hf"])))
+        cls = BPETokenizer if kind == "bpe" else PretrainedTokenizer
+        return cls(HFTokenizer.from_str(json.dumps(data["hf"])))
     raise CheckpointError(f"unknown tokenizer kind {kind!r} in tokenizer.json")
 
 
