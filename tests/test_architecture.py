@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {
         "steplab.presets",
         "steplab.model",
+        "steplab.finetune",
         "steplab.optim",
         "steplab.schedules",
         "steplab.runtime",

@@ -7,6 +7,9 @@ A checkpoint is a directory ``checkpoints/step_00001234/`` holding
 - ``rng.pt``             every RNG state, stored as tensors,
 - ``state.json``         step, token and time counters, best validation loss,
 - ``config.toml``, ``tokenizer.json``,
+- ``base.json``          only for a fine-tune with frozen parameters: ``model.safetensors`` then
+                         holds just the parameters that train, and this file names the
+                         ``--init-from`` directory the others come from, with its fingerprint,
 - ``manifest.json``      sha256 of each file, written last.
 
 It is written into a temporary directory, fsynced, then renamed into place, so a crash
@@ -161,6 +164,12 @@ def save(
         raise _write_error(e, root, final) from None
     try:
         weights = dedup_state(model_state) if model_state is not None else dedup_state(model.state_dict())
+        from steplab.hf.pretrained import base_reference
+
+        base = base_reference(cfg, model)
+        if base is not None:  # a fine-tune with frozen parameters: those are the base model's, by reference
+            weights = {k: v for k, v in weights.items() if k in base["trainable"]}
+            (tmp / "base.json").write_text(json.dumps(base, indent=1))
         save_file(weights, str(tmp / "model.safetensors"))
         if optim_state is None and optimizer is not None:
             optim_state = optimizer.state_dict()
@@ -307,6 +316,10 @@ def load(path: Path, *, with_optimizer: bool = True) -> Loaded:
         cfg = load_toml(path / "config.toml")
         tokenizer = from_json(json.loads((path / "tokenizer.json").read_text()))
         weights = load_file(str(path / "model.safetensors"))
+        if (path / "base.json").is_file():
+            from steplab.hf.pretrained import with_base
+
+            weights = with_base(path, cfg, weights)
         state = TrainState(**json.loads((path / "state.json").read_text()))
         opt = None
         if with_optimizer and (path / "optimizer.pt").exists():

@@ -97,6 +97,23 @@ def gpt2_small() -> RunConfig:
     return cfg
 
 
+def finetune() -> RunConfig:
+    """Fine-tuning a pretrained model (`--init-from DIR` starts here unless --preset is given): AdamW 3e-4, 20 warmup steps, cosine, 200 steps.
+
+    The model and tokenizer sections come from DIR; the context is DIR's, at most 1024 tokens.
+    The learning rate is ten times lower than training from scratch and the warmup short: the
+    weights are already good, and large early updates undo what pretraining learned
+    (docs/finetune.md has the grid behind these values).
+    """
+    cfg = RunConfig(preset="finetune")
+    cfg.model.block_size = 1024
+    cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.beta2 = 3e-4, 0.0, 0.95
+    cfg.schedule.name, cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio = "cosine", 20, 0.1
+    cfg.train.batch_size, cfg.train.max_steps, cfg.train.log_every = 8, 200, 10
+    cfg.eval.every, cfg.eval.max_windows = 50, 256
+    return cfg
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "default": default,
     "shakespeare_char": shakespeare_char,
@@ -105,6 +122,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "llama_char": llama_char,
     "tiny": tiny,
     "gpt2_small": gpt2_small,
+    "finetune": finetune,
 }
 
 

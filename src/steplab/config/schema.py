@@ -203,6 +203,18 @@ class TrainConfig:
     noise_scale_every: int = opt(
         0, "log the gradient noise scale every N steps (0: off; 4 extra forward-backward passes each)", ge=0
     )
+    init_from: str | None = opt(
+        None,
+        "fine-tune a pretrained model: a local transformers directory (config.json, safetensors, "
+        "tokenizer.json) whose architecture, weights (no re-initialisation) and tokenizer replace "
+        "[model] and [tokenizer]; `--init-from DIR` also starts from the finetune preset unless "
+        "--preset is given (AdamW lr 3e-4, 20 warmup steps, cosine, 200 steps; docs/finetune.md)",
+    )
+    freeze: str | None = opt(
+        None,
+        "parameters kept fixed: comma-separated name patterns (fnmatch; a module name covers what is "
+        "under it), e.g. 'wte,blocks.0.*'",
+    )
 
 
 @dataclass(kw_only=True)

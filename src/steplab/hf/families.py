@@ -303,6 +303,7 @@ def _gpt2_fields(hf: Any) -> tuple[dict[str, Any], int]:
         "n_embd": C,
         "vocab_size": int(hf.vocab_size),
         "pos": "learned",
+        "rope_theta": ModelConfig.rope_theta,  # unused without RoPE: the default, so configs compare equal
         "norm": "layernorm",
         "norm_eps": float(hf.layer_norm_epsilon),
         "mlp": FROM_HF_ACTIVATION[act],

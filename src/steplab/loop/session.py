@@ -16,6 +16,8 @@ from steplab.data.batches import BatchSampler, val_windows
 from steplab.data.cache import TokenData, prepare
 from steplab.errors import ConfigError, DataError
 from steplab.evaluate import mean_loss, summarize
+from steplab.finetune import freeze
+from steplab.hf import pretrained
 from steplab.model import GPT, flops_per_token, matmul_params
 from steplab.optim import build_optimizer, eval_mode
 from steplab.runtime import (
@@ -84,6 +86,8 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
     Under torchrun the model is wrapped for DDP or FSDP2 (`steplab.dist`); the optimizer is
     built after the wrapping so that it sees FSDP's sharded parameters.
     """
+    if cfg.train.init_from:  # fine-tuning: [model] and [tokenizer] become the pretrained model's
+        pretrained.apply(cfg)
     check(cfg)
     configure_threads(cfg.train)
     device = device or resolve_device(cfg.train.device)
@@ -110,6 +114,9 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
         raise DataError(f"--data {cfg.data.path or 'bundled corpus'}: {e}") from None
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model).to(device)
+    if cfg.train.init_from:  # the pretrained weights replace the random init
+        pretrained.load_into(model, cfg.train.init_from)
+    freeze(model, cfg.train.freeze)  # frozen parameters stay out of the optimizer's groups
     fpt = flops_per_token(cfg.model, matmul_params(model))
     step_model: nn.Module = model
     if info.enabled:
