@@ -41,7 +41,7 @@ class BatchSampler:
             raise DataError(
                 f"--train.batch-size {batch_size} must be divisible by the number of processes ({world_size})"
             )
-        self.tokens = tokens
+        self.data = tokens
         self.block_size, self.batch_size, self.seed, self.device = block_size, batch_size, seed, device
         self.offsets = np.arange(block_size + 1)
         per_rank = batch_size // world_size
@@ -50,10 +50,10 @@ class BatchSampler:
     def batch_at(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The index-th micro-batch (this rank's slice of it): inputs and targets, (B, T) each."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        starts = torch.randint(len(self.tokens) - self.block_size - 1, (self.batch_size,), generator=g)[
+        starts = torch.randint(len(self.data) - self.block_size - 1, (self.batch_size,), generator=g)[
             self.rows
         ]
-        rows = self.tokens[starts.numpy()[:, None] + self.offsets]  # (B, T + 1), read from the memmap
+        rows = self.data[starts.numpy()[:, None] + self.offsets]  # (B, T + 1), read from the memmap
         window = torch.from_numpy(rows.astype(np.int64))
         x, y = window[:, :-1], window[:, 1:]
         if self.device.type == "cuda":
