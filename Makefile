@@ -5,18 +5,19 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 
-HFSTAMP := $(VENV)/.installed-hf-postgres
+HFSTAMP := $(VENV)/.installed-hf-lora-postgres
 
 .PHONY: install install-hf run test lint clean
 
 install: $(STAMP)
 
-# The test suite also runs the Hugging Face export and dataset tests (the `hf` extra) and the
+# The test suite also runs the Hugging Face export, import and dataset tests (the `hf` extra),
+# the LoRA tests (the `lora` extra: peft) and the
 # many-worker tuning test on a PostgreSQL server (the `postgres` extra: the psycopg2 driver).
 install-hf: $(HFSTAMP)
 
 $(HFSTAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,hf,postgres]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,hf,lora,postgres]"
 	touch $(HFSTAMP)
 
 # Re-install only when the package metadata changes (or the venv is missing).

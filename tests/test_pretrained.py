@@ -298,3 +298,44 @@ def test_what_is_not_a_local_model_is_refused(
     assert main(finetune_args(llama_dir, data, tmp_path / "r", "--model.n-layer", "3")) == 2
     assert "--model.n-layer: the architecture comes from --init-from" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_lora_checkpoints_hold_only_adapters_resume_exactly_and_export_merged(
+    tmp_path: Path, llama_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("peft")
+    data = data_file(tmp_path)
+    lora = ("--train.lora-rank", "4", "--train.lora-alpha", "8", "--optim.lr", "3e-3")
+    common = ("--train.max-steps", "6", "--checkpoint.every", "3", *lora)
+    assert main(finetune_args(llama_dir, data, tmp_path / "straight", *common)) == 0
+    assert main(finetune_args(llama_dir, data, tmp_path / "cut", "--train.max-steps", "3", *common[2:])) == 0
+    assert main(finetune_args(llama_dir, data, tmp_path / "cut", *common, "--resume")) == 0
+    path = ckpt.latest(tmp_path / "straight")
+    stored = load_file(str(path / "model.safetensors"))
+    assert stored and all(".lora_A." in k or ".lora_B." in k for k in stored)
+    assert len(stored) == 2 * 4 * 2  # A and B on qkv, attn.proj, mlp.fc, mlp.proj of 2 blocks
+    again = load_file(str(ckpt.latest(tmp_path / "cut") / "model.safetensors"))
+    assert all(torch.equal(stored[k], again[k]) for k in stored)
+    assert any(v.abs().max() > 0 for k, v in stored.items() if ".lora_B." in k)  # the adapters trained
+    # Export merges the adapters: transformers computes what steplab's LoRA model computed.
+    out = tmp_path / "out"
+    assert main(["export", "--run", str(tmp_path / "straight"), "--out", str(out)]) == 0
+    assert "as LlamaForCausalLM" in capsys.readouterr().out
+    cfg = get_preset("finetune")
+    cfg.train.init_from, cfg.data.path, cfg.train.lora_rank, cfg.train.lora_alpha = (
+        str(llama_dir),
+        str(data),
+        4,
+        8.0,
+    )
+    s = build(cfg)
+    ckpt.restore(path, model=s.model, optimizer=None, tokenizer=s.data.tokenizer)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    x = torch.randint(hf.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (s.model.eval()(x)[0] - hf(input_ids=x).logits).abs().max().item() < 1e-4
+
+
+def test_lora_needs_a_pretrained_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--preset", "tiny", "--train.lora-rank", "4", "--print-config"]) == 2
+    assert "--train.lora-rank adapts a pretrained model" in capsys.readouterr().err

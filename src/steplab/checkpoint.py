@@ -309,8 +309,12 @@ class Loaded:
     rng: dict[str, torch.Tensor] | None
 
 
-def load(path: Path, *, with_optimizer: bool = True) -> Loaded:
-    """Read a verified checkpoint: safetensors weights, weights-only tensors, JSON and TOML."""
+def load(path: Path, *, with_optimizer: bool = True, whole: bool = True) -> Loaded:
+    """Read a verified checkpoint: safetensors weights, weights-only tensors, JSON and TOML.
+
+    A fine-tune's checkpoint that stores only what trains (``base.json``) is completed from its
+    base model unless `whole` is false (`restore`, whose model holds the base already).
+    """
     verify(path)
     try:
         cfg = load_toml(path / "config.toml")
@@ -319,7 +323,7 @@ def load(path: Path, *, with_optimizer: bool = True) -> Loaded:
         if (path / "base.json").is_file():
             from steplab.hf.pretrained import with_base
 
-            weights = with_base(path, cfg, weights)
+            weights = with_base(path, cfg, weights, whole=whole)
         state = TrainState(**json.loads((path / "state.json").read_text()))
         opt = None
         if with_optimizer and (path / "optimizer.pt").exists():
@@ -393,7 +397,7 @@ def restore(
     optim_name: str | None = None,
 ) -> TrainState:
     """Load checkpoint `path` into a live model and optimizer and restore the RNGs; return its counters."""
-    loaded = load(path, with_optimizer=optimizer is not None)
+    loaded = load(path, with_optimizer=optimizer is not None, whole=False)
     if optim_name is not None and optimizer is not None and loaded.cfg.optim.name != optim_name:
         raise CheckpointError(
             f"{path}: the checkpoint was trained with --optim.name {loaded.cfg.optim.name}, this run uses "
@@ -406,7 +410,14 @@ def restore(
         )
     from steplab.dist import load_full_state
 
-    check_weights(model.cfg, loaded.weights, path)  # type: ignore[arg-type]
+    if (path / "base.json").is_file():  # only what trains is stored; the model holds the base already
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        if set(loaded.weights) != trainable:
+            raise CheckpointError(
+                f"{path}: its trained parameters are not this run's ({sorted(trainable)[:3]}...)"
+            )
+    else:
+        check_weights(model.cfg, loaded.weights, path)  # type: ignore[arg-type]
     if optimizer is None or loaded.optimizer is None:
         load_full_state(model, None, loaded.weights, None)
     else:

@@ -1,15 +1,21 @@
-"""Parameter-efficient fine-tuning: freezing parameters by name.
+"""Parameter-efficient fine-tuning: freezing parameters by name, and LoRA through peft.
 
 A frozen parameter has ``requires_grad=False``: no gradient is computed for it, the
 optimizer's groups leave it out (`steplab.optim.param_groups`), and a fine-tune's checkpoint
 stores only the parameters that train (`steplab.checkpoint`), the base model's being a
 reference to the ``--init-from`` directory.
+
+LoRA (Hu et al. 2021) adds a low-rank update ``(alpha / r) B A`` beside each adapted matrix,
+with B starting at zero (so the model starts as the pretrained one); peft's
+`inject_adapter_in_model` puts its layers into the model in place and freezes everything
+else. `merge_lora` folds trained adapters back into plain weights (for eval, sample, export).
 """
 
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
+import torch
 import torch.nn as nn
 
 from steplab.errors import ConfigError
@@ -50,6 +56,34 @@ def freeze(model: nn.Module, spec: str | None) -> list[str]:
     return [n for n, p in model.named_parameters() if id(p) in frozen]
 
 
-def trainable_names(model: nn.Module) -> set[str]:
-    """Names of the parameters that train (tied ones under their first name, as in a state dict)."""
-    return {n for n, p in model.named_parameters() if p.requires_grad}
+# Every linear layer of a block: the fused q/k/v, the attention output, the MLP's in and out.
+# (peft matches module names by suffix: "proj" is both attn.proj and mlp.proj.)
+LORA_TARGETS = ["qkv", "proj", "fc"]
+LORA_A, LORA_B, BASE = ".lora_A.default.weight", ".lora_B.default.weight", ".base_layer."
+
+
+def add_lora(model: nn.Module, rank: int, alpha: int) -> None:
+    """Inject LoRA adapters of `rank` into `model` (in place); only they train afterwards."""
+    if not rank:
+        return
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise ConfigError(
+            "--train.lora-rank needs the lora extra: pip install 'steplab[lora]' (peft)"
+        ) from None
+    lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS, lora_dropout=0.0, bias="none")
+    inject_adapter_in_model(lora, model)
+
+
+def merge_lora(weights: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """Plain weights from a LoRA model's: ``X.weight = X.base_layer.weight + scale * B @ A``.
+
+    `weights` may hold the base under plain names already (``X.weight``) and only the adapters.
+    """
+    out = {k.replace(BASE, "."): v for k, v in weights.items() if not k.endswith((LORA_A, LORA_B))}
+    for name in [k for k in weights if k.endswith(LORA_A)]:
+        module = name[: -len(LORA_A)]
+        a, b = weights[name].float(), weights[module + LORA_B].float()
+        out[module + ".weight"] = out[module + ".weight"].float() + scale * (b @ a)
+    return out

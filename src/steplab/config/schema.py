@@ -215,6 +215,17 @@ class TrainConfig:
         "parameters kept fixed: comma-separated name patterns (fnmatch; a module name covers what is "
         "under it), e.g. 'wte,blocks.0.*'",
     )
+    lora_rank: int = opt(
+        0,
+        "LoRA adapters of this rank on every attention and MLP matrix, through peft (the lora extra); "
+        "only the adapters train (0: off; needs --init-from)",
+        ge=0,
+    )
+    lora_alpha: int = opt(16, "LoRA scale: an adapter's update is multiplied by alpha / rank", ge=1)
+
+    def check(self) -> None:
+        if self.lora_rank and not self.init_from:
+            raise ConfigError("--train.lora-rank adapts a pretrained model: pass --init-from DIR as well")
 
 
 @dataclass(kw_only=True)

@@ -205,11 +205,20 @@ def base_reference(cfg: RunConfig, model: nn.Module) -> dict[str, Any] | None:
         "init_from": cfg.train.init_from,
         "fingerprint": fingerprint(cfg.train.init_from),
         "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad),
+        "lora_scale": cfg.train.lora_alpha / cfg.train.lora_rank if cfg.train.lora_rank else None,
     }
 
 
-def with_base(path: Path, cfg: RunConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The full weights of a checkpoint that stores only what trains: the base's, then its own."""
+def with_base(
+    path: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], *, whole: bool = True
+) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint that stores only what trains, once its base is checked unchanged.
+
+    whole: the model's plain weights, the base's overlaid with the checkpoint's (LoRA adapters
+    merged in); otherwise the stored ones alone (to resume a model that holds the base already).
+    """
+    from steplab.finetune import merge_lora
+
     base = json.loads((path / "base.json").read_text())
     where = base["init_from"]
     try:
@@ -218,6 +227,8 @@ def with_base(path: Path, cfg: RunConfig, weights: dict[str, torch.Tensor]) -> d
                 f"{path}: its base model {where} (--init-from) has changed since this checkpoint was "
                 "written; the frozen weights would not be the ones it trained with"
             )
+        if not whole:
+            return weights
         full = state_dict(where, cfg.model)
     except SteplabError as e:
         if isinstance(e, CheckpointError):
@@ -225,4 +236,6 @@ def with_base(path: Path, cfg: RunConfig, weights: dict[str, torch.Tensor]) -> d
         raise CheckpointError(
             f"{path} holds only the trainable parameters; their base model cannot be read: {e}"
         ) from None
+    if base.get("lora_scale"):
+        return merge_lora({**full, **weights}, base["lora_scale"])
     return {**full, **weights}

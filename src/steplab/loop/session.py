@@ -16,7 +16,7 @@ from steplab.data.batches import BatchSampler, val_windows
 from steplab.data.cache import TokenData, prepare
 from steplab.errors import ConfigError, DataError
 from steplab.evaluate import mean_loss, summarize
-from steplab.finetune import freeze
+from steplab.finetune import add_lora, freeze
 from steplab.hf import pretrained
 from steplab.model import GPT, flops_per_token, matmul_params
 from steplab.optim import build_optimizer, eval_mode
@@ -117,6 +117,7 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
     if cfg.train.init_from:  # the pretrained weights replace the random init
         pretrained.load_into(model, cfg.train.init_from)
     freeze(model, cfg.train.freeze)  # frozen parameters stay out of the optimizer's groups
+    add_lora(model, cfg.train.lora_rank, cfg.train.lora_alpha)  # then only the adapters train
     fpt = flops_per_token(cfg.model, matmul_params(model))
     step_model: nn.Module = model
     if info.enabled:
