@@ -1,8 +1,8 @@
 """A decoder-only transformer that reads top to bottom.
 
-GPT-2 style by default (learned positions, LayerNorm, GELU, tied embeddings, biases);
-the Llama style is the same code with ``pos="rope", norm="rmsnorm", mlp="swiglu",
-bias=False``. Shapes in trailing comments: B batch, T time, C width, nh heads,
+GPT-2 style by default (learned positions, LayerNorm, GELU, tied embeddings, biases; the
+original GPT-2's tanh GELU is ``mlp="gelu_tanh"``); the Llama style is the same code with
+``pos="rope", norm="rmsnorm", mlp="swiglu", bias=False``. Shapes in trailing comments: B batch, T time, C width, nh heads,
 nkv key/value heads, hs head size, V vocabulary.
 
 Under muP (``parametrization="mup"``; Yang et al. 2022, Tensor Programs V, Table 8) three
