@@ -101,9 +101,9 @@ def finetune() -> RunConfig:
     """Fine-tuning a pretrained model (`--init-from DIR` starts here unless --preset is given): AdamW 3e-4, 20 warmup steps, cosine, 200 steps.
 
     The model and tokenizer sections come from DIR; the context is DIR's, at most 1024 tokens.
-    The learning rate is ten times lower than training from scratch and the warmup short: the
-    weights are already good, and large early updates undo what pretraining learned
-    (docs/finetune.md has the grid behind these values).
+    The learning rate is a tenth of training from scratch and the warmup short: the weights are
+    already good, and large early updates undo what pretraining learned. A cautious default,
+    not a tuned one: docs/finetune.md measures lr-find and a learning-rate grid on a small model.
     """
     cfg = RunConfig(preset="finetune")
     cfg.model.block_size = 1024
