@@ -1,7 +1,7 @@
-"""The typed config tree (`schema`) and its files (`files`): import everything from here.
+"""The typed config tree (`schema`), its values (`values`) and files (`files`): import everything from here.
 
-`schema` holds the sections, `RunConfig`, and the coercion and range checks that name the
-flag the user typed; `files` turns a config into a dict or TOML and back.
+`schema` holds the sections and `RunConfig`; `values` the coercion and range checks that name
+the flag the user typed; `files` turns a config into a dict or TOML and back.
 """
 
 from steplab.config.files import (
@@ -27,16 +27,12 @@ from steplab.config.schema import (
     ScheduleConfig,
     TokenizerConfig,
     TrainConfig,
-    check_value,
     clear_budget,
-    coerce,
-    describe,
-    did_you_mean,
-    field_type,
     flag,
     opt,
     set_value,
 )
+from steplab.config.values import check_value, coerce, describe, did_you_mean, field_type
 
 __all__ = [
     "BUDGET",

@@ -14,7 +14,8 @@ from typing import Any
 
 import tomllib
 
-from steplab.config.schema import BUDGET, SECTIONS, RunConfig, clear_budget, did_you_mean, set_value
+from steplab.config.schema import BUDGET, SECTIONS, RunConfig, clear_budget, set_value
+from steplab.config.values import did_you_mean
 from steplab.errors import ConfigError
 
 

@@ -3,7 +3,7 @@
 Each section is a `kw_only` dataclass; each field carries a one-line help text and,
 where it has one, its valid range. `RunConfig` is the root. The CLI (`steplab.cli`) is
 generated from these classes, and values from flags and files are coerced and range-checked
-here (`set_value`); `steplab.config.files` reads and writes them.
+by `set_value` (with `steplab.config.values`); `steplab.config.files` reads and writes them.
 
 Validation names the flag the user typed: ``--optim.lr must be > 0 (got -1)``.
 """
@@ -11,14 +11,13 @@ Validation names the flag the user typed: ``--optim.lr must be > 0 (got -1)``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import types
 import typing
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
+from steplab.config.values import check_value, coerce, did_you_mean, field_type
 from steplab.errors import ConfigError
 
 
@@ -324,105 +323,6 @@ class RunConfig:
 
 def flag(section: str | None, name: str) -> str:
     return f"--{section + '.' if section else ''}{name.replace('_', '-')}"
-
-
-# --- types and values -------------------------------------------------------------------
-
-
-def field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
-
-
-def _options(tp: Any) -> list[Any]:
-    """Flatten `X | None | Literal[...]` into its member types."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return [m for a in typing.get_args(tp) for m in _options(a)]
-    return [tp]
-
-
-def describe(tp: Any) -> str:
-    parts = []
-    for o in _options(tp):
-        if typing.get_origin(o) is Literal:
-            parts.append("|".join(str(a) for a in typing.get_args(o)))
-        elif o is type(None):
-            parts.append("none")
-        else:
-            parts.append(getattr(o, "__name__", str(o)))
-    return " or ".join(parts)
-
-
-def coerce(tp: Any, value: Any, where: str) -> Any:
-    """Turn `value` (a CLI string or a TOML value) into a value of type `tp`."""
-    opts = _options(tp)
-    is_str = isinstance(value, str)
-    if value is None or (is_str and value.lower() in ("none", "null") and type(None) in opts):
-        if type(None) in opts:
-            return None
-        raise ConfigError(f"{where} cannot be none (expected {describe(tp)})")
-    # Literal choices first (so `auto` matches before float parsing fails).
-    for o in opts:
-        if typing.get_origin(o) is Literal and value in typing.get_args(o):
-            return value
-    for o in opts:
-        try:
-            if o is bool:
-                if isinstance(value, bool):
-                    return value
-                if is_str and value.lower() in ("true", "1", "yes", "on"):
-                    return True
-                if is_str and value.lower() in ("false", "0", "no", "off"):
-                    return False
-            elif o is int:
-                if isinstance(value, bool):
-                    continue
-                if isinstance(value, int):
-                    return value
-                if isinstance(value, float) and value.is_integer():
-                    return int(value)
-                if is_str:
-                    num = float(value)
-                    if num.is_integer():
-                        return int(num)
-            elif o is float:
-                if isinstance(value, bool):
-                    continue
-                if isinstance(value, (int, float)):
-                    return float(value)
-                if is_str:
-                    return float(value)
-            elif o is str:
-                if is_str:
-                    return value
-        except ValueError:
-            continue
-    literal = [a for o in opts if typing.get_origin(o) is Literal for a in typing.get_args(o)]
-    if literal and not any(o in (int, float, bool) for o in opts):
-        raise ConfigError(f"{where} must be one of {', '.join(map(str, literal))} (got {value!r})")
-    raise ConfigError(f"{where} must be {describe(tp)} (got {value!r})")
-
-
-def check_value(f: dataclasses.Field, value: Any, where: str) -> None:
-    md = f.metadata
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return
-    if "gt" in md and not value > md["gt"]:
-        raise ConfigError(f"{where} must be > {md['gt']:g} (got {value:g})")
-    if "ge" in md and not value >= md["ge"]:
-        raise ConfigError(f"{where} must be >= {md['ge']:g} (got {value:g})")
-    if "lt" in md and not value < md["lt"]:
-        raise ConfigError(f"{where} must be < {md['lt']:g} (got {value:g})")
-    if "le" in md and not value <= md["le"]:
-        raise ConfigError(f"{where} must be <= {md['le']:g} (got {value:g})")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where} must be finite (got {value})")
-
-
-def did_you_mean(word: str, candidates: Sequence[str], template: str = "did you mean {}? ") -> str:
-    """A hint naming the closest candidate ("" when none is close): for misspelt keys and flags."""
-    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return template.format(match[0]) if match else ""
 
 
 def set_value(cfg: RunConfig, dotted: str, value: Any, where: str | None = None) -> None:
