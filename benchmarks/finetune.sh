@@ -38,7 +38,7 @@ LR=$($PY -c "import json,sys; print(f\"{json.load(open(sys.argv[1]))['suggestion
 $PY -m steplab train "${FT[@]}" --optim.lr "$LR" --run-dir "$OUT/at-suggestion" --overwrite --quiet "$@"
 
 # 4. The 5-point grid around the preset's 3e-4, same data, seed and budget (the preset's 200 steps).
-$PY -m steplab compare "${FT[@]}" --vary optim.lr=3e-5,1e-4,3e-4,1e-3,3e-3 --budget-steps 200 \
+$PY -m steplab compare "${FT[@]}" --vary optim.lr=3e-5,1e-4,3e-4,1e-3,3e-3 --train.max-steps 200 \
   --out "$OUT/grid" --overwrite --quiet "$@"
 
 # 5. The same model and tokenizer trained from scratch on the licenses, 200 steps (lr 3e-3, as pretraining).

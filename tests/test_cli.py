@@ -320,7 +320,7 @@ def test_train_help_shows_the_default_presets_values_and_ranges(capsys: pytest.C
     for shown in [
         "--model.pos learned|rope position encoding (preset default: rope)",
         "--model.norm layernorm|rmsnorm normalisation layer (preset default: rmsnorm)",
-        "--model.mlp gelu|swiglu|relu2 MLP type (preset default: relu2)",
+        "--model.mlp gelu|gelu_tanh|swiglu|relu2 MLP type (gelu_tanh: GPT-2's tanh approximation of GELU) (preset default: relu2)",
         "--model.block-size INT context length in tokens (>= 1; preset default: 128)",
         "first (> 0; preset default: 0.003)",
         "--train.max-steps INT|none stop after this many optimizer steps (>= 1; preset default: 600)",

@@ -25,30 +25,31 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_pretrained(root / "llama", "llama", SHAPE["llama"]), data
 
 
-def common(setup: tuple[Path, Path]) -> list[str]:
+def common(setup: tuple[Path, Path], *, evaluates: bool = True) -> list[str]:
     init, data = setup
-    return [
-        "--init-from",
-        str(init),
-        "--data",
-        str(data),
-        "--eval.max-windows",
-        "8",
-        "--train.batch-size",
-        "4",
-    ]
+    windows = ["--eval.max-windows", "8"] if evaluates else []
+    return ["--init-from", str(init), "--data", str(data), *windows, "--train.batch-size", "4"]
 
 
 def test_lr_find_and_batch_find(
     setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["lr-find", *common(setup), "--steps", "30", "--out", str(tmp_path / "lr"), "--train.threads", "1"]
+    args = [
+        "lr-find",
+        *common(setup, evaluates=False),
+        "--steps",
+        "30",
+        "--out",
+        str(tmp_path / "lr"),
+        "--train.threads",
+        "1",
+    ]
     assert main(args) == 0
     res = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
     assert len(res["lrs"]) >= 10 and res["suggestion"]["lr"] > 0
     args = [
         "batch-find",
-        *common(setup),
+        *common(setup, evaluates=False),
         "--warmup-steps",
         "3",
         "--rounds",
@@ -67,7 +68,7 @@ def test_compare_adamw_and_muon(setup: tuple[Path, Path], tmp_path: Path) -> Non
         *common(setup),
         "--vary",
         "optim.name=adamw,muon",
-        "--budget-steps",
+        "--train.max-steps",
         "6",
         "--out",
         str(out),
@@ -80,7 +81,7 @@ def test_compare_adamw_and_muon(setup: tuple[Path, Path], tmp_path: Path) -> Non
 def test_tune(setup: tuple[Path, Path], tmp_path: Path) -> None:
     space = tmp_path / "space.toml"
     space.write_text('[optim.lr]\ntype = "log_float"\nlow = 1e-4\nhigh = 1e-2\n')
-    args = ["tune", *common(setup), "--space", str(space), "--trials", "2", "--budget-steps", "4"]
+    args = ["tune", *common(setup), "--space", str(space), "--trials", "2", "--train.max-steps", "4"]
     assert main([*args, "--dir", str(tmp_path / "study"), *FAST]) == 0
     assert "init_from" in (tmp_path / "study" / "best.toml").read_text()
 

@@ -93,10 +93,13 @@ class ConfigOptions:
 def resolve_config(opts: ConfigOptions, base: RunConfig | None = None) -> RunConfig:
     """preset (or `base`, unless a preset is named) → config file → flags; then every check.
 
-    A layer that names a budget limit (``--train.max-*``) replaces the budget below it."""
+    A layer that names a budget limit (``--train.max-*``) replaces the budget below it. With
+    ``--init-from`` the preset is `finetune` unless one is named, and the pretrained directory
+    decides the architecture and the tokenizer (`steplab.hf.pretrained.apply`)."""
     from steplab.presets import get_preset
 
-    cfg = base if (base is not None and not opts.preset) else get_preset(opts.preset or "default")
+    default = "finetune" if opts.settings.get("train.init_from") else "default"
+    cfg = base if (base is not None and not opts.preset) else get_preset(opts.preset or default)
     if opts.config:
         cfg = load_toml(opts.config, base=cfg)
         if opts.preset:
@@ -104,11 +107,26 @@ def resolve_config(opts: ConfigOptions, base: RunConfig | None = None) -> RunCon
     if any(key in (f"train.{b}" for b in BUDGET) for key in opts.settings):
         clear_budget(cfg)
     for key, value in opts.settings.items():
-        section, name = key.split(".", 1)
-        set_value(cfg, key, value, where=flag(section, name))
+        section, _, name = key.partition(".")  # `tokenizer` alone: the section's shorthand
+        set_value(cfg, key, value, where=flag(section if name else None, name or section))
+    if cfg.train.init_from:
+        _apply_pretrained(opts, cfg)
     from steplab.loop.session import check
 
     return check(cfg)
+
+
+def _apply_pretrained(opts: ConfigOptions, cfg: RunConfig) -> None:
+    """The pretrained model's architecture and tokenizer; a flag that would change its shape is an error."""
+    from steplab.hf.pretrained import ARCH_FIELDS, apply
+
+    for name in ARCH_FIELDS:
+        if f"model.{name}" in opts.settings:
+            raise ConfigError(
+                f"{flag('model', name)}: the architecture comes from --init-from's config.json; drop the "
+                "flag (--model.block-size, --model.dropout and --model.attention may be set)"
+            )
+    apply(cfg)
 
 
 # --- fields → flags --------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from steplab.errors import ConfigError
 
 COMMAND_DEST = "steplab_command"
 CONFIG_DEST = "cfg:"  # dest prefix of the --section.field flags
+ALIASES = {"train.init_from": "--init-from"}  # config fields that also have a short top-level flag
 
 # Flags that were renamed: the error gives the new spelling.
 RENAMED = {
@@ -123,10 +124,20 @@ def add_section(p: argparse.ArgumentParser, section: str, values: RunConfig, lab
     cls = SECTIONS[section]
     doc = (cls.__doc__ or "").strip().splitlines()[0].rstrip(".")
     g = p.add_argument_group(f"[{section}] {doc[:1].lower() + doc[1:]}")
+    if section == "tokenizer":  # its own dest: `set_value` reads `--tokenizer PATH` as a tokenizer file
+        g.add_argument(
+            "--tokenizer",
+            dest=f"{CONFIG_DEST}tokenizer",
+            default=argparse.SUPPRESS,
+            metavar="KIND|PATH",
+            help="short for --tokenizer.kind, or a tokenizer.json path "
+            "(--tokenizer.kind pretrained --tokenizer.path)",
+        )
     for f in dataclasses.fields(cls):
         tp = type_of(cls, f.name)
-        names = [flag(section, f.name)]
-        if SHORTHANDS.get(section) == f.name:
+        key = f"{section}.{f.name}"
+        names = [flag(section, f.name), *([ALIASES[key]] if key in ALIASES else [])]
+        if SHORTHANDS.get(section) == f.name and section != "tokenizer":
             names.append(f"--{section}")
         kwargs: dict[str, Any] = {"dest": f"{CONFIG_DEST}{section}.{f.name}", "default": argparse.SUPPRESS}
         if tp is bool:
@@ -238,6 +249,7 @@ def known_flags(c: Command) -> list[str]:
     for section in c.sections:
         out += [flag(section, f.name) for f in dataclasses.fields(SECTIONS[section])]
         out += [f"--{section}"] if section in SHORTHANDS else []
+        out += [a for key, a in ALIASES.items() if key.startswith(section + ".")]
     return [*out, "--help"]
 
 
@@ -277,5 +289,6 @@ def surface(commands: Sequence[Command]) -> str:
         for f in dataclasses.fields(cls):
             tp = type_of(cls, f.name)
             alias = f", --{section}" if SHORTHANDS.get(section) == f.name else ""
+            alias += f", {ALIASES[f'{section}.{f.name}']}" if f"{section}.{f.name}" in ALIASES else ""
             lines.append(f"  {flag(section, f.name) + alias:36} {type_name(tp):36} {bounds(f)}".rstrip())
     return "\n".join(lines) + "\n"
