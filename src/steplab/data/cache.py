@@ -3,11 +3,11 @@
 A corpus is a text file, JSONL, CSV or parquet, a directory of them, or a Hugging Face
 dataset saved with ``save_to_disk`` (reading is `steplab.data.corpus`). It is tokenized once,
 streaming and in worker processes (`steplab.data.encode`), into a memory-mapped array (uint16
-when the vocabulary fits, uint32 above 65,536 tokens) next to a small ``meta.json`` (tokenizer, counts, source hash);
-later runs reuse it while the source and the tokenizer settings are unchanged. The last
-`val_fraction` of the tokens is the validation split. Batches come from `batch_at(step)`: a
-pure function of (seed, step), so the sampler's position is just the step and a resumed
-run draws exactly the batches it would have drawn.
+when the vocabulary fits, uint32 above 65,536 tokens) next to a small ``meta.json``
+(tokenizer, counts, source hash); later runs reuse it while the source and the tokenizer
+settings are unchanged. The last `val_fraction` of the tokens is the validation split. Batches
+come from `batch_at(step)`: a pure function of (seed, step), so the sampler's position is just
+the step and a resumed run draws exactly the batches it would have drawn.
 """
 
 from __future__ import annotations
