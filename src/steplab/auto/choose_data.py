@@ -58,7 +58,7 @@ def decide_tokenizer(ctx: Context, allowance: float) -> Decision:
         rows.append(
             [
                 cand.name,
-                data.tokenizer.vocab_size,
+                str(data.tokenizer.vocab_size),
                 f"{data.bytes_per_token:.2f}",
                 f"{sp.tokens_per_second:,.0f}",
                 f"{p.tokens:,}",

@@ -123,13 +123,13 @@ def decide_optimizer(ctx: Context, allowance: float) -> Decision:
         reason = "every proxy diverged or failed: Muon at its registered default"
         return Decision("optimizer", "optimizer: muon", dict(fallback), reason, rule="fallback", table=rows)
     winner = min(best, key=lambda k: best[k][1])
-    lr, bpb, rule = best[winner]
+    lr, best_bpb, how = best[winner]
     proxy_toml = ctx.out / "proxies" / f"optimizer-{winner}-lr{lr:.3g}" / "config.toml"
     return Decision(
         "optimizer",
         f"optimizer: {winner}, lr {lr:.3g}",
         {"optim.name": winner, "optim.lr": lr, **mup},
-        f"lowest validation bits per byte ({bpb:.4f}) at width {cfg.model.n_embd}; lr: {rule}",
+        f"lowest validation bits per byte ({best_bpb:.4f}) at width {cfg.model.n_embd}; lr: {how}",
         table=rows,
         notes=[
             f"The proxies ran at width {cfg.model.n_embd}, the μP base width: wider models use the "
