@@ -27,7 +27,7 @@ from steplab.tools.tune import (
     postgres_url,
     recover_dead_trials,
     run_study,
-    sample,
+    suggest_params,
     tally,
     worker_alive,
     worker_id,
@@ -73,7 +73,7 @@ def test_space_parses_and_samples_into_the_config() -> None:
     space = parse_space(tomllib.loads(SPACE))
     assert [p.key for p in space] == ["optim.lr", "optim.name", "schedule.warmup_steps"]
     trial = optuna.trial.FixedTrial({"optim.lr": 0.005, "schedule.warmup_steps": 5, "optim.name": "adam"})
-    params = sample(trial, space)
+    params = suggest_params(trial, space)
     cfg = apply(RunConfig(), params)
     assert (cfg.optim.lr, cfg.schedule.warmup_steps, cfg.optim.name) == (0.005, 5, "adam")
 

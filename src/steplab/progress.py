@@ -1,8 +1,17 @@
-"""Progress for the person watching: a rich bar with ETA on a terminal, plain lines elsewhere."""
+"""Progress for the person watching: a rich bar with ETA on a terminal, plain lines elsewhere.
+
+Every command that works for more than a few seconds shows one: `train` (steps), `tune`
+(trials), `compare` (runs), `report` (samples), `data prepare` (megabytes tokenized). On a
+terminal it is a live bar; in a pipe or a CI log it is plain lines with no control codes
+(``label [done/total unit] info  ETA m:ss``), so a log file reads top to bottom.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 
@@ -13,11 +22,27 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-class ProgressView:
-    """A live bar on a terminal, one line per log step elsewhere, nothing when quiet.
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 seed``, ``2 seeds``, ``0 runs`` (`many` for irregular plurals)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
 
-    `label` names the bar (train, compare, tune, lr-find, report): every long command shows
-    the same kind of bar with an ETA.
+
+def eta_seconds(done: float, total: float, elapsed: float, start: float = 0.0) -> float | None:
+    """Seconds left at the pace so far (work done since `start` in `elapsed` seconds); None
+    before there is a pace to go by."""
+    if done <= start or elapsed <= 0 or total <= done:
+        return None if total > done else 0.0
+    return (total - done) * elapsed / (done - start)
+
+
+class ProgressView:
+    """A live bar on a terminal, plain lines elsewhere, nothing when disabled.
+
+    `label` names the bar (train, compare, tune, lr-find, samples, tokenize): every long
+    command shows the same kind of bar with an ETA. Off a terminal, `update` prints a plain
+    line only when `plain_every` is set: ``0`` for every update (each one a finished item: a
+    run, a trial), ``0.1`` at each tenth of the total (a stream of megabytes). Without it
+    (train) the caller's own `line`s are the plain output.
     """
 
     def __init__(
@@ -28,10 +53,15 @@ class ProgressView:
         enabled: bool = True,
         stream: TextIO | None = None,
         label: str = "train",
+        plain_every: float | None = None,
+        start: float = 0.0,
     ):
         self.total, self.unit, self.enabled, self.label = total, unit, enabled, label
         self.stream = stream or sys.stderr
         self.live = enabled and self.stream.isatty()
+        self.plain_every = plain_every
+        self.start, self.t0 = start, time.perf_counter()
+        self._last_plain = start
         self.bar: Any = None
         if self.live:
             from rich.console import Console
@@ -48,12 +78,29 @@ class ProgressView:
                 console=Console(file=self.stream),
                 transient=False,
             )
-            self.task = self.bar.add_task(label, total=total, info="")
+            self.task = self.bar.add_task(label, total=total, info="", completed=start)
             self.bar.start()
+
+    def eta(self, done: float) -> str:
+        """``ETA m:ss`` at the pace since the view was made, ``ETA -`` before any work is done,
+        nothing once all is done."""
+        if done >= self.total:
+            return ""
+        left = eta_seconds(done, self.total, time.perf_counter() - self.t0, self.start)
+        return "ETA -" if left is None else f"ETA {fmt_duration(left)}"
 
     def update(self, done: float, info: str) -> None:
         if self.live:
             self.bar.update(self.task, completed=min(done, self.total), info=info)
+        elif self.enabled and self.plain_every is not None and self._plain_due(done):
+            self._last_plain = done
+            count = f"{done:g}/{self.total:g}" if self.unit != "MB" else f"{done:,.1f}/{self.total:,.1f}"
+            print(f"{self.label} [{count} {self.unit}] {info}  {self.eta(done)}".rstrip(), file=self.stream)
+            self.stream.flush()
+
+    def _plain_due(self, done: float) -> bool:
+        step = (self.plain_every or 0.0) * self.total
+        return done >= self.total or done - self._last_plain >= step > 0 or (step == 0 and done > 0)
 
     def line(self, text: str) -> None:
         """A message that stays (a log line when plain, printed above the bar when live)."""
@@ -67,3 +114,25 @@ class ProgressView:
     def close(self) -> None:
         if self.live:
             self.bar.stop()
+
+
+@contextmanager
+def working(text: str, *, enabled: bool = True, stream: TextIO | None = None) -> Iterator[None]:
+    """Work whose length is unknown (a tokenizer learning its merges): a spinner with `text` on
+    a terminal, the text as one line elsewhere, then how long it took."""
+    stream = stream or sys.stderr
+    t0 = time.perf_counter()
+    if not enabled:
+        yield
+        return
+    if stream.isatty():
+        from rich.console import Console
+
+        console = Console(file=stream)
+        with console.status(text):
+            yield
+        console.print(f"{text}: done in {time.perf_counter() - t0:.1f} s", highlight=False, markup=False)
+        return
+    print(text, file=stream, flush=True)
+    yield
+    print(f"{text}: done in {time.perf_counter() - t0:.1f} s", file=stream, flush=True)

@@ -44,6 +44,8 @@ class CompareOptions(ConfigOptions):
 
 
 def cmd_compare(opts: CompareOptions, cfg: RunConfig) -> int:
+    from steplab.reports.compare import results_table, write_report
+    from steplab.reports.document import print_table
     from steplab.tools.compare import (
         Budget,
         compare,
@@ -52,7 +54,6 @@ def cmd_compare(opts: CompareOptions, cfg: RunConfig) -> int:
         parse_variant,
         parse_vary,
         plan_variants,
-        table,
     )
 
     variants = plan_variants(parse_vary(opts.vary), [parse_variant(v) for v in opts.variant])
@@ -66,13 +67,12 @@ def cmd_compare(opts: CompareOptions, cfg: RunConfig) -> int:
     )
     out = Path(opts.out) if opts.out else default_out(cfg, plan)
     command = "steplab " + shlex.join(opts.argv) if opts.argv else "steplab compare (from Python)"
-    rows, status = compare(
-        plan, out, target=opts.target_loss, overwrite=opts.overwrite, quiet=opts.quiet, command=command
-    )
-    if rows:
-        print(table(rows, opts.target_loss))
-        print(f"report: {out / 'compare.md'}")
-    return 130 if status == "interrupted" else 0
+    result = compare(plan, out, target=opts.target_loss, overwrite=opts.overwrite, quiet=opts.quiet)
+    if result.rows:
+        written = write_report(result, command=command)
+        print_table(results_table(result.rows, opts.target_loss))
+        print(f"report: {written['markdown']}")
+    return 130 if result.status == "interrupted" else 0
 
 
 COMPARE = Command("compare", CompareOptions, cmd_compare, sections=tuple(SECTIONS))

@@ -25,7 +25,7 @@ class PrepareOptions(ConfigOptions):
 def cmd_prepare(opts: PrepareOptions, cfg: RunConfig) -> int:
     from steplab.data.cache import cache_root, prepare
 
-    data = prepare(cfg.data, cfg.tokenizer)
+    data = prepare(cfg.data, cfg.tokenizer, progress=True)
     m = data.meta
     print(
         f"{cfg.data.path or 'bundled Tiny Shakespeare'}: {m['documents']} document{'s' * (m['documents'] != 1)}, "

@@ -188,7 +188,8 @@ class TuneOptions(ConfigOptions):
 
 
 def cmd_tune(opts: TuneOptions, cfg: RunConfig) -> int:
-    from steplab.tools.tune import TuneSpec, load_space, run_study, table, write_outputs
+    from steplab.reports.document import Table, print_table
+    from steplab.tools.tune import TuneSpec, best_table, counts, load_space, run_study, write_outputs
 
     space = load_space(opts.space)
     if not any(p.key == "optim.lr" for p in space):
@@ -211,7 +212,8 @@ def cmd_tune(opts: TuneOptions, cfg: RunConfig) -> int:
     if cfg.eval.every == 0 and opts.pruner != "none":
         print("note: --eval.every is 0, so trials report no intermediate loss and none is pruned")
     study = run_study(spec, quiet=opts.quiet)
-    print(table(study, opts.top))
+    print(counts(study))
+    print_table(Table(*best_table(study, opts.top)))
     written = write_outputs(study, spec)
     for what, path in written.items():
         print(f"wrote {what}: {path}")

@@ -92,7 +92,7 @@ def _build_cache(
 ) -> None:
     """Train the tokenizer on one pass, encode on a second, split: never the whole corpus in memory."""
     stats = encode.Stats()
-    tokenizer = encode.train(data_cfg, tok_cfg, stats)
+    tokenizer = encode.train(data_cfg, tok_cfg, stats, progress=progress)
     # Written to a temporary directory and renamed: a crash never leaves a half-written cache.
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".tmp-"))

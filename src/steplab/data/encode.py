@@ -100,14 +100,42 @@ def _count(text: str, stats: Stats) -> str:
     return text
 
 
-def train(data_cfg: DataConfig, tok_cfg: TokenizerConfig, stats: Stats) -> Tokenizer:
+def train(
+    data_cfg: DataConfig, tok_cfg: TokenizerConfig, stats: Stats, *, progress: bool = False
+) -> Tokenizer:
     """Train the tokenizer on one streamed pass (char: the alphabet; bpe: merges; byte and
-    pretrained: nothing to learn, the corpus is not read)."""
+    pretrained: nothing to learn, the corpus is not read).
+
+    With `progress`, a bar over the megabytes read, then "learning merges" while BPE computes
+    them (that part has no measurable progress).
+    """
     if tok_cfg.kind == "byte":
         return ByteTokenizer()
     if tok_cfg.kind == "pretrained":
         return PretrainedTokenizer.from_file(tok_cfg.path or "")
-    return train_tokenizer(units(pieces(data_cfg), stats), tok_cfg)
+    from steplab.progress import ProgressView
+
+    total_mb = max(source_bytes(data_cfg) / 1e6, 1e-6)
+    what = f"bpe tokenizer (vocab {tok_cfg.vocab_size})" if tok_cfg.kind == "bpe" else "char tokenizer"
+    view = ProgressView(total_mb, "MB", enabled=progress, label="tokenizer", plain_every=0.25)
+    view.line(f"training the {what} on {data_cfg.path or 'the bundled corpus'} ({total_mb:,.1f} MB)")
+    t0 = time.perf_counter()
+    try:
+        then = "learning merges" if tok_cfg.kind == "bpe" else ""
+        tok = train_tokenizer(_reading(units(pieces(data_cfg), stats), stats, view, then), tok_cfg)
+    finally:
+        view.close()
+    view.line(f"tokenizer trained: {tok.vocab_size} tokens in {time.perf_counter() - t0:.1f} s")
+    return tok
+
+
+def _reading(texts: Iterable[str], stats: Stats, view: Any, then: str) -> Iterator[str]:
+    """`texts`, moving the view's bar by the source bytes read; `then` once all are read."""
+    for text in texts:
+        yield text
+        view.update(stats.pos / 1e6, "reading")
+    if then:
+        view.update(view.total, then)
 
 
 def token_dtype(tokenizer: Tokenizer) -> np.dtype:
@@ -223,7 +251,7 @@ def encode_to_file(
     dtype = token_dtype(tok)
     workers = resolve_workers(data_cfg)
     total_mb = max(source_bytes(data_cfg) / 1e6, 1e-6)
-    view = ProgressView(total_mb, "MB", enabled=progress, label="tokenize")
+    view = ProgressView(total_mb, "MB", enabled=progress, label="tokenize", plain_every=0.25)
     how = f"{workers} worker processes" if workers > 1 else "in-process"
     view.line(f"tokenizing {data_cfg.path or 'the bundled corpus'} ({total_mb:,.1f} MB, {tok.kind}, {how})")
     t0 = time.perf_counter()

@@ -7,50 +7,29 @@ embeds its images as base64 PNG and loads nothing from the network, so it opens 
 (mail it, attach it to an issue). The Markdown twin links the same PNGs from a
 ``NAME_files/`` directory beside it.
 
-`build_report` is the one entry point: `steplab report`, `compare` and `tune` call it with
-their run directories and, for the latter two, extra `Section`s (a results table, a study
-summary) that are rendered the same way.
+`build_report` is the one entry point of `steplab report`; its pieces (`Section`, `Table`,
+the renderers in `steplab.reports.document`) also write `compare`'s ``compare.md``, and a
+caller may add its own `Section`s (a results table, a study summary) rendered the same way.
+With `progress`, the person watching sees the plotting and a bar over the samples (plain
+lines when the output is not a terminal).
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
-import os
-import re
 import shlex
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from steplab import __version__
 from steplab.config import flatten
 from steplab.errors import SteplabError
-from steplab.progress import ProgressView
+from steplab.progress import ProgressView, plural, working
+from steplab.reports.document import Section, Table, render_html, render_markdown  # noqa: F401 - importable from here
 from steplab.reports.runs import COLUMNS, Run, format_cell, load_runs
-
-# --- the document model: sections rendered to both HTML and Markdown ------------------------
-
-
-@dataclass
-class Table:
-    headers: list[str]
-    rows: list[list[str]]
-
-
-@dataclass
-class Section:
-    """One part of a report. Every field is optional except the title; they render in this order."""
-
-    title: str
-    text: str = ""  # plain text paragraphs (blank line between them)
-    table: Table | None = None
-    images: list[Path] = field(default_factory=list)  # PNG files: embedded in HTML, linked from Markdown
-    blocks: list[tuple[str, str]] = field(default_factory=list)  # (caption, preformatted text)
-    collapsed: Section | None = None  # a sub-part folded away in HTML (long tables)
 
 
 @dataclass
@@ -155,26 +134,40 @@ def _final(run: Run, key: str, spec: str) -> str:
 
 
 def plots_section(runs: Sequence[Run], assets: Path) -> Section:
+    from steplab.reports.labels import difference_labels
     from steplab.reports.plots import dashboard, loss_curves
 
     sources = {r.name: r.records for r in runs}
     if not any(sources.values()):
         return Section("Plots", text="No metrics were logged.")
+    legends = difference_labels({r.name: flatten(r.config) for r in runs})
+    diverged = {r.name for r in runs if r.status == "diverged"}
     loss_png, dash_png = assets / "loss.png", assets / "dashboard.png"
-    loss_curves(sources, loss_png, x="step", title="train (smoothed) and validation loss")
-    dashboard(sources, dash_png)
+    title = "train and validation loss"
+    loss_curves(sources, loss_png, x="step", title=title, legends=legends, diverged=diverged)
+    dashboard(sources, dash_png, legends=legends, diverged=diverged)
     return Section(
         "Plots",
-        text="Train loss is an exponential moving average (the raw values faint behind it); "
-        "dashed lines with points are evaluations.",
+        text="Train loss is an exponential moving average only when a run has enough log points for "
+        "one (the raw values faint behind it); dashed lines with points are evaluations, drawn as "
+        "they are. Each run keeps its colour in every figure; a diverged run is marked with an x.",
         images=[loss_png, dash_png],
     )
 
 
 def sample_texts(
-    run: Run, *, n: int, tokens: int, seed: int, prompt: str, device: str, temperature: float = 0.8
+    run: Run,
+    *,
+    n: int,
+    tokens: int,
+    seed: int,
+    prompt: str,
+    device: str,
+    temperature: float = 0.8,
+    on_sample: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """`n` seeded samples from the run's newest checkpoint (sample i uses seed + i)."""
+    """`n` seeded samples from the run's newest checkpoint (sample i uses seed + i);
+    `on_sample(i)` is called as each one is done (progress)."""
     import torch
 
     from steplab import checkpoint as ckpt
@@ -193,6 +186,8 @@ def sample_texts(
         new = list(generate(model, torch.tensor(ids), tokens, temperature=temperature, seed=seed + i))
         text = loaded.tokenizer.decode(new)
         out.append(text if prompt == "\n" else prompt + text)
+        if on_sample is not None:
+            on_sample(i)
     return out
 
 
@@ -201,12 +196,18 @@ def samples_section(
 ) -> Section:
     blocks = []
     for i, r in enumerate(runs):
+
+        def done(j: int, i: int = i, name: str = r.name) -> None:
+            view.update(i * n + j + 1, f"{name}, sample {j + 1} of {n}")
+
         try:
-            texts = sample_texts(r, n=n, tokens=tokens, seed=seed, prompt=prompt, device=device)
+            texts = sample_texts(
+                r, n=n, tokens=tokens, seed=seed, prompt=prompt, device=device, on_sample=done
+            )
             blocks += [(f"{r.name}, sample {j + 1} (seed {seed + j})", t) for j, t in enumerate(texts)]
         except SteplabError as e:  # no checkpoint, a damaged one, a prompt outside the vocabulary
             blocks.append((f"{r.name}: no sample", str(e)))
-        view.update(i + 1, r.name)
+            view.update((i + 1) * n, f"{r.name}: no sample")
     flags = "" if prompt == "\n" else f" --prompt {shlex.quote(prompt)}"
     text = (
         f"{tokens} tokens from each run's newest checkpoint, temperature 0.8, prompt {prompt!r}. "
@@ -225,108 +226,6 @@ def environment_section(runs: Sequence[Run]) -> Section:
         rows.append([k + mark, *values])
     text = "Rows marked ≠ differ between the runs." if len(runs) > 1 else ""
     return Section("Hardware and versions", text=text, table=Table(["", *(r.name for r in runs)], rows))
-
-
-# --- rendering ------------------------------------------------------------------------------
-
-CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1280px;margin:2em auto;
-padding:0 1.2em;color:#1d1d1f}
-h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-.meta{color:#666;font-size:.9em}nav a{margin-right:1em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
-th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
-th{background:#f4f4f6}td:first-child{white-space:nowrap}tr:nth-child(even) td{background:#fafafa}td.num{text-align:right;font-variant-numeric:tabular-nums}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0}
-pre{background:#f6f8fa;padding:.8em;overflow-x:auto;white-space:pre-wrap;font-size:.85em}
-details summary{cursor:pointer;color:#444;margin:.4em 0}
-"""
-
-# Cells right-aligned as numbers: 1,234  3.5383  1.2e-05  12.8k  428 MiB  0:42  3.3212 (50); not versions.
-_NUM = re.compile(r"^([-+]?\d[\d,]*(\.\d+)?(e[-+]?\d+)?\s?([kMBT]|MiB|%)?( \(\d+\))?|\d+:\d\d(:\d\d)?)$")
-
-
-def _anchor(title: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-
-
-def _html_table(t: Table) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
-    body = []
-    for row in t.rows:
-        cells = "".join(
-            f'<td class="num">{html.escape(c)}</td>' if _NUM.match(c) else f"<td>{html.escape(c)}</td>"
-            for c in row
-        )
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _html_body(s: Section) -> list[str]:
-    out = [f"<p>{html.escape(p)}</p>" for p in s.text.split("\n\n") if p.strip()]
-    if s.table is not None:
-        out.append(_html_table(s.table))
-    for img in s.images:
-        data = base64.b64encode(Path(img).read_bytes()).decode("ascii")
-        out.append(f'<img alt="{html.escape(Path(img).stem)}" src="data:image/png;base64,{data}">')
-    for caption, text in s.blocks:
-        out.append(f"<h3>{html.escape(caption)}</h3><pre>{html.escape(text)}</pre>")
-    if s.collapsed is not None:
-        out.append(f"<details><summary>{html.escape(s.collapsed.title)}</summary>")
-        out += _html_body(s.collapsed)
-        out.append("</details>")
-    return out
-
-
-def render_html(title: str, sections: Sequence[Section], meta: str) -> str:
-    nav = " ".join(f'<a href="#{_anchor(s.title)}">{html.escape(s.title)}</a>' for s in sections)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f'<p class="meta">{html.escape(meta)}</p>',
-        f"<nav>{nav}</nav>",
-    ]
-    for s in sections:
-        parts.append(f'<section id="{_anchor(s.title)}"><h2>{html.escape(s.title)}</h2>')
-        parts += _html_body(s)
-        parts.append("</section>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-def _md_cell(c: str) -> str:
-    return c.replace("|", "\\|").replace("\n", "<br>")
-
-
-def _md_body(s: Section, base: Path, level: int) -> list[str]:
-    out = [p.strip() + "\n" for p in s.text.split("\n\n") if p.strip()]
-    if s.table is not None:
-        t = s.table
-        out.append("| " + " | ".join(_md_cell(h) for h in t.headers) + " |")
-        out.append("|" + "---|" * len(t.headers))
-        out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
-        out.append("")
-    for img in s.images:
-        out.append(f"![{Path(img).stem}]({Path(os.path.relpath(img, base)).as_posix()})\n")
-    for caption, text in s.blocks:
-        fence = "````" if "```" in text else "```"
-        out += [f"{'#' * (level + 1)} {caption}\n", fence, text, fence, ""]
-    if s.collapsed is not None:
-        out.append(f"{'#' * (level + 1)} {s.collapsed.title}\n")
-        out += _md_body(s.collapsed, base, level + 1)
-    return out
-
-
-def render_markdown(title: str, sections: Sequence[Section], meta: str, base: Path) -> str:
-    """The Markdown twin; image links are relative to `base` (the report's directory)."""
-    out = [f"# {title}\n", f"_{meta}_\n"]
-    for s in sections:
-        out.append(f"## {s.title}\n")
-        out += _md_body(s, base, 2)
-    return "\n".join(out).rstrip() + "\n"
 
 
 # --- the entry point ------------------------------------------------------------------------
@@ -370,9 +269,11 @@ def build_report(
     meta = f"generated {time.strftime('%Y-%m-%d %H:%M:%S %z')} by steplab {__version__} from " + ", ".join(
         str(r.path) for r in rs
     )
-    parts = [overview(rs), *sections, config_section(rs), metrics_section(rs), plots_section(rs, assets)]
+    with working(f"report: plotting {plural(len(rs), 'run')}", enabled=progress):
+        plots = plots_section(rs, assets)
+    parts = [overview(rs), *sections, config_section(rs), metrics_section(rs), plots]
     if samples:
-        view = ProgressView(len(rs), "runs", enabled=progress, label="samples")
+        view = ProgressView(len(rs) * samples, "samples", enabled=progress, label="samples", plain_every=0)
         try:
             parts.append(
                 samples_section(
