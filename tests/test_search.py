@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from steplab.tools.tune import (
     Stopper,
     TuneSpec,
     apply,
+    diverged,
     open_storage,
     open_study,
     parse_space,
@@ -258,3 +260,106 @@ def test_workers_claim_at_most_the_trials_the_study_needs(tmp_path: Path) -> Non
     for _ in range(5):
         crashed.tell(crashed.ask(), state=S.FAIL)
     assert stopper.finished(crashed) and "5 trials failed" in stopper.reason
+
+
+def test_tune_shows_a_line_per_trial_and_no_optuna_log(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "space.toml").write_text(SPACE)
+    argv = ["tune", "--preset", "tiny", "--space", str(tmp_path / "space.toml"), "--trials", "2"]
+    argv += ["--budget-steps", "10", "--eval.every", "5", "--eval.max-windows", "8", "--pruner", "none"]
+    argv += ["--dir", str(tmp_path / "study"), "--train.tensorboard", "false"]
+    assert main(argv) == 0
+    first = capfd.readouterr()
+    assert main([*argv[:6], "3", *argv[7:]]) == 0  # resumed for one more trial
+    second = capfd.readouterr()
+    lines = first.err.splitlines()
+    trial_lines = [line for line in lines if line.startswith("tune [")]
+    assert len(trial_lines) == 2 and "\x1b" not in first.err
+    pattern = r"tune \[1/2\] trial 0: \d\.\d{4}  lr=\S+ name=adam\w* warmup_steps=\d+  0:\d\d  best \d\.\d{4} \(trial 0\)  ETA \d+:\d\d"
+    assert re.fullmatch(pattern, trial_lines[0]), trial_lines[0]
+    assert trial_lines[1].startswith("tune [2/2] trial 1: ") and "ETA" not in trial_lines[1]
+    assert not any(line.startswith("[I ") for line in lines) and "Using an existing study" not in second.err
+    assert re.search(r"^tune \[3/3\] trial 2: ", second.err, re.M) and "tune [1/" not in second.err
+    assert first.out.startswith("study tiny-space: 2 complete\n| trial | val_loss | optim.lr | optim.name |")
+
+
+def test_a_diverged_trial_is_pruned_never_complete(
+    tmp_path: Path, tiny_cfg: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lr = 5 trial that once finished "complete" at 9157: a finite loss far above ln V."""
+    from steplab.loop.fit import Result, TrainState
+    from steplab.tools.tune import objective
+
+    assert diverged(9157.0, 65) and diverged(float("nan"), 65) and diverged("inf", 65)
+    assert not diverged(4.3, 65) and not diverged(2.1, 65)  # near ln 65 = 4.17 at the start: a result
+
+    def finished_at(loss: float):  # noqa: ANN202
+        def fake_train(cfg: RunConfig, run_dir: Path, **kw) -> Result:  # noqa: ANN003
+            cfg.model.vocab_size = 65  # what build() sets from the tokenizer
+            return Result(state=TrainState(step=30), status="finished", final={"val_loss": loss})
+
+        return fake_train
+
+    study = optuna.create_study(storage=open_storage(None, tmp_path), study_name="d")
+    obj = Objective(tiny_cfg, [Param("optim.lr", "float", 0.1, 10.0)], tmp_path)
+    monkeypatch.setattr(objective, "train", finished_at(9157.0))
+    study.optimize(obj, n_trials=1)
+    monkeypatch.setattr(objective, "train", finished_at(2.5))
+    study.optimize(obj, n_trials=1)
+    blown, fine = study.get_trials()
+    assert blown.state == S.PRUNED and blown.user_attrs["status"] == "diverged"
+    assert fine.state == S.COMPLETE and fine.value == 2.5
+    assert [t.number for t in study.get_trials(states=(S.COMPLETE,))] == [fine.number]
+
+
+def test_torn_journal_is_repaired_with_a_backup(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.log"
+    study = optuna.create_study(storage=open_storage(str(journal), tmp_path), study_name="j")
+    for x in (0.1, 0.2):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        study.tell(trial, x)
+    whole = journal.read_bytes()
+    with open(journal, "ab") as fh:  # what a kill or a full disk leaves: half of the next record
+        fh.write(b'{"op_code":5,"worker_id":"w","trial_id":2,"sta')
+    with pytest.warns(UserWarning, match="dropped a torn last record"):
+        storage = open_storage(str(journal), tmp_path)
+    assert journal.read_bytes() == whole
+    (backup,) = tmp_path.glob("journal.log.torn-*")
+    assert backup.read_bytes().startswith(whole) and len(backup.read_bytes()) > len(whole)
+    study = optuna.load_study(study_name="j", storage=storage)
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.3)  # writes again
+    again = optuna.load_study(study_name="j", storage=open_storage(str(journal), tmp_path))
+    assert [t.value for t in again.get_trials()] == [0.1, 0.2, 0.3]
+    # Damage with whole records after it is not a torn tail: refused, nothing changed.
+    lines = journal.read_bytes().split(b"\n")
+    lines[1] = lines[1][:10]
+    journal.write_bytes(b"\n".join(lines))
+    before = journal.read_bytes()
+    with pytest.raises(
+        SteplabError,
+        match=r"damaged at line 2, with records after it; .*keep the 1 line before it \(head -n 1 journal.log",
+    ):
+        open_storage(str(journal), tmp_path)
+    assert journal.read_bytes() == before
+
+
+def test_missing_database_driver_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for module in ("MySQLdb", "pymysql"):
+        monkeypatch.setitem(sys.modules, module, None)  # not installed, whatever this machine has
+    with pytest.raises(ConfigError, match=r"mysql:// needs a MySQL driver: pip install 'steplab\[mysql\]'"):
+        open_storage("mysql://u@127.0.0.1/db", tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"mysql\+mysqldb:// needs the MySQLdb driver: pip install mysqlclient"
+    ):
+        open_storage("mysql+mysqldb://u@127.0.0.1/db", tmp_path)
+    with pytest.raises(ConfigError, match="not a database SQLAlchemy knows"):
+        open_storage("nosuchdb://u@h/db", tmp_path)
+    (tmp_path / "space.toml").write_text(SPACE)
+    argv = ["tune", "--preset", "tiny", "--space", str(tmp_path / "space.toml"), "--dir", str(tmp_path / "s")]
+    assert main([*argv, "--storage", "mysql://u@127.0.0.1/db"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "steplab[mysql]" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()  # nothing written for a study that never opened

@@ -11,6 +11,7 @@ ETA on a terminal, one line as each run starts and ends elsewhere.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,12 +156,15 @@ def compare(
             check_same_config(run_dir_of(out, v, seed), plan.configs[v.label, seed])
     todo = [(v, s) for v, s in runs if overwrite or run_state(run_dir_of(out, v, s)) != "done"]
     n_done = len(runs) - len(todo)
+    if not quiet:
+        header = f"{plural(len(plan.variants), 'variant')} x {plural(len(plan.seeds), 'seed')}"
+        print(
+            f"compare: {header} = {plural(len(runs), 'run')}; {n_done} done; {out}",
+            file=sys.stderr,
+            flush=True,
+        )
     prepare_data([plan.configs[v.label, s] for v, s in todo], progress=not quiet)
     view = ProgressView(len(runs), "runs", enabled=not quiet, label="compare", start=n_done)
-    view.line(
-        f"compare: {plural(len(plan.variants), 'variant')} x {plural(len(plan.seeds), 'seed')} = "
-        f"{plural(len(runs), 'run')}; {n_done} done; {out}"
-    )
     status = "finished"
     try:
         for i, (v, seed) in enumerate(todo):

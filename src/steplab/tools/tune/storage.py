@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from steplab.errors import ConfigError, SteplabError
+from steplab.progress import plural
 from steplab.tools.tune.space import optuna_module
 
 HEARTBEAT_S, GRACE_S = 30, 120  # RDB: a trial without a heartbeat for GRACE_S is failed and retried
@@ -106,7 +107,7 @@ def repair_journal(path: Path) -> Path | None:
             line = int(e.args[0])
             raise SteplabError(
                 f"--storage: {path} is damaged at line {line}, with records after it; restore it from a "
-                f"backup, or keep the {line - 1} lines before it (head -n {line - 1} {path.name} > kept.log, "
+                f"backup, or keep the {plural(line - 1, 'line')} before it (head -n {line - 1} {path.name} > kept.log, "
                 f"then move kept.log to {path.name}) and run again"
             ) from None
         if cut is None:

@@ -141,6 +141,7 @@ def run_study(spec: TuneSpec, *, quiet: bool = False, poll: float = 2.0) -> Any:
     Unless `quiet`, a bar over the trials with an ETA and one line per finished trial."""
     optuna = optuna_module()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(spec)  # created once, before any worker races to (a bad storage fails here)
     study_dir = Path(spec.study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     base_path = study_dir / "base.toml"
@@ -150,7 +151,6 @@ def run_study(spec: TuneSpec, *, quiet: bool = False, poll: float = 2.0) -> Any:
         )
     base_path.write_text(spec.base_toml)
     _prepare_data(spec, progress=not quiet)
-    study = open_study(spec)  # created once, before any worker races to
     watch = TrialWatch(spec.trials, enabled=not quiet, study=study)
     try:
         if spec.workers <= 1:

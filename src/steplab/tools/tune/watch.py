@@ -67,12 +67,12 @@ class TrialWatch:
         S = optuna_module().trial.TrialState
         trials = study.get_trials(deepcopy=False)
         done = min(tally(trials).done, self.target)
-        best = self._best(trials)
         new = [t for t in trials if t.state.is_finished() and t.number not in self.seen]
         new = sorted((t for t in new if t.user_attrs.get("failure") != "surplus"), key=lambda t: t.number)
-        self.seen.update(t.number for t in new)
         count = done - sum(t.state in (S.COMPLETE, S.PRUNED) for t in new)
         for t in new:
+            self.seen.add(t.number)
+            best = self._best([u for u in trials if u.number in self.seen])  # best so far
             took = ""
             if t.datetime_start and t.datetime_complete:
                 took = "  " + fmt_duration((t.datetime_complete - t.datetime_start).total_seconds())
@@ -80,8 +80,8 @@ class TrialWatch:
             count += counted
             where = f"tune [{count}/{self.target}]" if counted else "tune"
             text = f"{where} trial {t.number}: {outcome(t)}  {fmt_params(t.params)}{took}"
-            self.view.line(f"{text}  {best}  {self.view.eta(done)}".rstrip())
-        self.view.update(done, best)
+            self.view.line(f"{text}  {best}  {self.view.eta(count)}".rstrip())
+        self.view.update(done, self._best(trials))
 
     def close(self) -> None:
         self.view.close()
