@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from steplab.figures import smooth
-from steplab.reports.plots import PANELS, dashboard, loss_curves
+from steplab.figures import colors_for, sane_limits, smooth, smoothing_for
+from steplab.reports.labels import difference_labels
+from steplab.reports.plots import PANELS, dashboard, diverged_in, loss_curves, series
 
 
 def test_loss_curves_from_records(tmp_path: Path) -> None:
@@ -120,3 +121,51 @@ def test_long_runs_are_plotted_in_minutes(tmp_path: Path) -> None:
     plotted = loss_curves({"a": recs}, out, x="elapsed_seconds")
     assert plotted["a"]["train"][0][-1] == 29 * 60.0  # series keep seconds; only the axis is scaled
     assert "wall-clock time (min)" in out.read_text()
+
+
+def test_smoothing_follows_the_number_of_points() -> None:
+    assert smoothing_for(0.9, 10) == 0.0 and smoothing_for(0.9, 20) == 0.0  # few points: raw
+    assert smoothing_for(0.9, 100) == pytest.approx(0.8) and smoothing_for(0.9, 1000) == 0.9
+    assert smoothing_for(0.0, 1000) == 0.0  # --smoothing 0 stays raw
+    # A short run falling fast: the drawn curve ends where the loss ends, not far above it.
+    falling = [4.0 - 0.1 * i for i in range(15)]
+    recs = [{"step": i, "loss": v} for i, v in enumerate(falling)]
+    assert smooth(falling, smoothing_for(0.9, len(falling)))[-1] == falling[-1]
+    assert smooth(falling, 0.9)[-1] > falling[-1] + 0.5  # what a fixed EMA(0.9) drew before
+    assert series(recs, "step", "loss")[1] == falling
+
+
+def test_a_run_keeps_its_colour_in_every_figure(tmp_path: Path) -> None:
+    runs = {"adamw": fake_run(40, speed=10, lr=1e-3), "muon": fake_run(40, speed=10, lr=1e-2)}
+    more = {"sgd": fake_run(40, speed=5, lr=0.1), **runs, "rmsprop": fake_run(40, speed=5, lr=1e-4)}
+    first, second = colors_for(runs), colors_for(more)
+    assert first["muon"] == second["muon"] and first["adamw"] == second["adamw"]
+    assert len(set(second.values())) == 4 and colors_for(reversed(list(more))) == second
+    crowded = colors_for(f"run {i}" for i in range(10))  # collisions are moved to free colours
+    assert len(set(crowded.values())) == 10
+    loss_curves(runs, tmp_path / "a.svg")
+    dashboard(more, tmp_path / "b.svg")
+    for name in ("a.svg", "b.svg"):
+        svg = (tmp_path / name).read_text()
+        assert f"stroke: {first['muon']}" in svg and f"stroke: {first['adamw']}" in svg
+
+
+def test_diverged_runs_are_marked_and_the_axis_kept_sane(tmp_path: Path) -> None:
+    good = [{"step": s, "loss": 4.2 - s / 50} for s in range(0, 100, 10)]
+    blown = [{"step": s, "loss": 4.2 if s < 40 else 10.0**s} for s in range(0, 70, 10)]
+    nan = [*good[:3], {"step": 30, "loss": "nan"}]
+    assert diverged_in(blown) and diverged_in(nan) and not diverged_in(good)
+    assert diverged_in([{"step": 5, "event": "guard", "action": "give_up"}])
+    low, high = sane_limits([series(good, "step", "loss")[1], series(blown, "step", "loss")[1]])
+    assert low < min(r["loss"] for r in good) and 4.2 < high < 5.0  # the blow-up leaves the top
+    out = tmp_path / "d.svg"
+    legends = {"good": "AdamW lr=3e-3", "blown": "Adagrad lr=3e-2", "ok": "SGD lr=0.1"}
+    loss_curves({"good": good, "blown": blown, "ok": good}, out, legends=legends, diverged={"ok"})
+    svg = out.read_text()
+    assert "AdamW lr=3e-3" in svg and "Adagrad lr=3e-2 (diverged)" in svg and "SGD lr=0.1 (diverged)" in svg
+    assert "AdamW lr=3e-3 (diverged)" not in svg
+    labels = difference_labels(
+        {"a": {"optim.lr": 1e-3, "train.seed": 1}, "b": {"optim.lr": 3e-3, "train.seed": 1}}
+    )
+    assert labels == {"a": "a: lr=1e-3", "b": "b: lr=3e-3"}
+    assert difference_labels({"a": {"optim.lr": 1e-3}}) == {"a": "a"}

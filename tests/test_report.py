@@ -139,3 +139,22 @@ def test_report_cli_single_run_and_errors(
     assert "must end in .html" in capsys.readouterr().err
     with pytest.raises(SteplabError, match="not a steplab run directory"):
         build_report([tmp_path], tmp_path / "x.html")
+
+
+def test_report_shows_progress_as_plain_lines(
+    tmp_path: Path, tiny_cfg: RunConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny_cfg.train.max_steps, tiny_cfg.eval.every = 10, 0
+    train(tiny_cfg, tmp_path / "r", progress=False)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "r"), "--samples", "2", "--sample-tokens", "8"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert lines[0] == "report: plotting 1 run" and re.fullmatch(
+        r"report: plotting 1 run: done in \d+\.\d s", lines[1]
+    )
+    assert re.fullmatch(r"samples \[1/2 samples\] r, sample 1 of 2  ETA \d+:\d\d", lines[2])
+    assert lines[3] == "samples [2/2 samples] r, sample 2 of 2" and len(lines) == 4
+    assert "\x1b" not in captured.err and captured.out.startswith("wrote ")
+    assert main(["report", str(tmp_path / "r"), "--samples", "1", "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")

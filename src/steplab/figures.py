@@ -6,8 +6,8 @@ headless machine and `import steplab` stays light.
 
 from __future__ import annotations
 
+import hashlib
 import math
-import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -56,13 +56,14 @@ def smoothing_for(alpha: float, n: int, lag_fraction: float = LAG_FRACTION) -> f
 
 
 def colors_for(labels: Iterable[str]) -> dict[str, str]:
-    """A colour per label that depends on the label, not on its position: the same run or
-    variant has the same colour in every figure. Two labels that hash to the same colour are
-    separated (in sorted order, so the result does not depend on the order given)."""
+    """A colour per label that depends on the label, not on its position or on the order the
+    runs were given: the same run or variant has the same colour in every figure. When two
+    labels of one figure want the same colour, the later one in alphabetical order takes the
+    next free one (so a label keeps its colour in every figure where it does not collide)."""
     out: dict[str, str] = {}
     used: set[int] = set()
     for label in sorted(set(labels)):
-        slot = zlib.crc32(label.encode("utf-8")) % len(PALETTE)
+        slot = int(hashlib.sha256(label.encode("utf-8")).hexdigest(), 16) % len(PALETTE)
         if len(used) < len(PALETTE):
             while slot in used:
                 slot = (slot + 1) % len(PALETTE)
