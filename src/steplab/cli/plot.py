@@ -33,6 +33,7 @@ class PlotOptions:
 
 
 def cmd_plot(opts: PlotOptions) -> int:
+    from steplab.reports.labels import legends_of
     from steplab.reports.plots import dashboard, loss_curves
     from steplab.reports.runs import load_runs
 
@@ -45,10 +46,13 @@ def cmd_plot(opts: PlotOptions) -> int:
         Path(opts.out) if opts.out else (runs[0].path / "plots.png" if len(runs) == 1 else Path("plots.png"))
     )
     sources = {r.name: r.records for r in runs}
+    legends, diverged = legends_of(runs)
     if opts.loss_only:
-        loss_curves(sources, out, x=opts.x, title=opts.title, smoothing=opts.smoothing)
+        loss_curves(
+            sources, out, x=opts.x, title=opts.title, smoothing=opts.smoothing, legends=legends, diverged=diverged
+        )
     else:
-        dashboard(sources, out, title=opts.title, smoothing=opts.smoothing)
+        dashboard(sources, out, title=opts.title, smoothing=opts.smoothing, legends=legends, diverged=diverged)
     if not opts.quiet:
         print(f"wrote {out}")
     return 0

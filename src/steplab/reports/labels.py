@@ -7,6 +7,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from steplab.config import flatten
+from steplab.reports.runs import Run
+
 OPTIMIZER_NAMES = {
     "adamw": "AdamW",
     "adam": "Adam",
@@ -72,6 +75,13 @@ def difference_labels(configs: Mapping[str, Mapping[str, Any]], max_keys: int = 
     if len(configs) < 2 or not differ or len(differ) > max_keys:
         return {name: name for name in configs}
     return {name: f"{name}: {describe([(k, c.get(k)) for k in differ])}" for name, c in configs.items()}
+
+
+def legends_of(runs: Sequence[Run]) -> tuple[dict[str, str], set[str]]:
+    """Legend texts (`difference_labels` of the runs' configs) and the diverged runs' names,
+    for `loss_curves`/`dashboard` of loaded runs (`steplab plot`, `steplab report`)."""
+    legends = difference_labels({r.name: flatten(r.config) for r in runs})
+    return legends, {r.name for r in runs if r.status == "diverged"}
 
 
 def variant_label(name: str, overrides: Sequence[tuple[str, str]], *, named: bool, lr: float | None) -> str:

@@ -134,14 +134,13 @@ def _final(run: Run, key: str, spec: str) -> str:
 
 
 def plots_section(runs: Sequence[Run], assets: Path) -> Section:
-    from steplab.reports.labels import difference_labels
+    from steplab.reports.labels import legends_of
     from steplab.reports.plots import dashboard, loss_curves
 
     sources = {r.name: r.records for r in runs}
     if not any(sources.values()):
         return Section("Plots", text="No metrics were logged.")
-    legends = difference_labels({r.name: flatten(r.config) for r in runs})
-    diverged = {r.name for r in runs if r.status == "diverged"}
+    legends, diverged = legends_of(runs)
     loss_png, dash_png = assets / "loss.png", assets / "dashboard.png"
     title = "train and validation loss"
     loss_curves(sources, loss_png, x="step", title=title, legends=legends, diverged=diverged)
