@@ -116,23 +116,47 @@ class ProgressView:
             self.bar.stop()
 
 
+class Spinner:
+    """Work whose length is unknown (a tokenizer learning its merges): a spinner with `text` on
+    a terminal, the text as one line elsewhere; `stop` says how long it took."""
+
+    def __init__(self, text: str, *, enabled: bool = True, stream: TextIO | None = None):
+        self.text, self.enabled = text, enabled
+        self.stream = stream or sys.stderr
+        self.status: Any = None
+        self.t0 = time.perf_counter()
+
+    def start(self) -> Spinner:
+        self.t0 = time.perf_counter()
+        if not self.enabled:
+            return self
+        if self.stream.isatty():
+            from rich.console import Console
+
+            self.status = Console(file=self.stream).status(self.text)
+            self.status.start()
+        else:
+            print(self.text, file=self.stream, flush=True)
+        return self
+
+    def stop(self, done: str | None = None) -> None:
+        """End the spinner with a line: `done`, or by default the text and the time it took
+        ("" for none)."""
+        if not self.enabled:
+            return
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        line = f"{self.text}: done in {time.perf_counter() - self.t0:.1f} s" if done is None else done
+        if line:
+            print(line, file=self.stream, flush=True)
+
+
 @contextmanager
 def working(text: str, *, enabled: bool = True, stream: TextIO | None = None) -> Iterator[None]:
-    """Work whose length is unknown (a tokenizer learning its merges): a spinner with `text` on
-    a terminal, the text as one line elsewhere, then how long it took."""
-    stream = stream or sys.stderr
-    t0 = time.perf_counter()
-    if not enabled:
+    """`Spinner` around a block."""
+    spinner = Spinner(text, enabled=enabled, stream=stream).start()
+    try:
         yield
-        return
-    if stream.isatty():
-        from rich.console import Console
-
-        console = Console(file=stream)
-        with console.status(text):
-            yield
-        console.print(f"{text}: done in {time.perf_counter() - t0:.1f} s", highlight=False, markup=False)
-        return
-    print(text, file=stream, flush=True)
-    yield
-    print(f"{text}: done in {time.perf_counter() - t0:.1f} s", file=stream, flush=True)
+    finally:
+        spinner.stop()

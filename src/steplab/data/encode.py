@@ -113,29 +113,31 @@ def train(
         return ByteTokenizer()
     if tok_cfg.kind == "pretrained":
         return PretrainedTokenizer.from_file(tok_cfg.path or "")
-    from steplab.progress import ProgressView
+    from steplab.progress import ProgressView, Spinner
 
     total_mb = max(source_bytes(data_cfg) / 1e6, 1e-6)
     what = f"bpe tokenizer (vocab {tok_cfg.vocab_size})" if tok_cfg.kind == "bpe" else "char tokenizer"
     view = ProgressView(total_mb, "MB", enabled=progress, label="tokenizer", plain_every=0.25)
     view.line(f"training the {what} on {data_cfg.path or 'the bundled corpus'} ({total_mb:,.1f} MB)")
     t0 = time.perf_counter()
+    merging = Spinner("tokenizer: learning merges", enabled=progress and tok_cfg.kind == "bpe")
     try:
-        then = "learning merges" if tok_cfg.kind == "bpe" else ""
-        tok = train_tokenizer(_reading(units(pieces(data_cfg), stats), stats, view, then), tok_cfg)
+        tok = train_tokenizer(_reading(units(pieces(data_cfg), stats), stats, view, merging), tok_cfg)
     finally:
         view.close()
+        merging.stop("")
     view.line(f"tokenizer trained: {tok.vocab_size} tokens in {time.perf_counter() - t0:.1f} s")
     return tok
 
 
-def _reading(texts: Iterable[str], stats: Stats, view: Any, then: str) -> Iterator[str]:
-    """`texts`, moving the view's bar by the source bytes read; `then` once all are read."""
+def _reading(texts: Iterable[str], stats: Stats, view: Any, then: Any) -> Iterator[str]:
+    """`texts`, moving the view's bar by the source bytes read; once all are read, the bar
+    makes way for `then` (a spinner: BPE's merges come after the reading, unmeasured)."""
     for text in texts:
         yield text
         view.update(stats.pos / 1e6, "reading")
-    if then:
-        view.update(view.total, then)
+    view.close()
+    then.start()
 
 
 def token_dtype(tokenizer: Tokenizer) -> np.dtype:
