@@ -27,7 +27,9 @@ class PlotOptions:
     )
     loss_only: bool = opt(False, "one larger loss figure instead of the dashboard")
     x: X_AXES = opt("step", "x axis of --loss-only")
-    smoothing: float = opt(0.9, "EMA factor of the train curve (0: raw)", ge=0, lt=1)
+    smoothing: float = opt(
+        0.9, "largest EMA factor of the train curve (runs with few points get less; 0: raw)", ge=0, lt=1
+    )
     title: str | None = opt(None, "figure title")
     quiet: bool = opt(False, "print nothing")
 
