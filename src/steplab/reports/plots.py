@@ -166,9 +166,10 @@ def _draw_loss(
 
 
 def _limit_and_mark(ax: Any, plotted: Mapping[str, Mapping[str, Series]], style: Style, scale: float) -> None:
-    """Clip the y axis to the range of runs that learn (`sane_limits`) and put an x at the
-    last finite point of each diverged run, at the top edge when it is above the axes."""
-    limits = sane_limits([ys for got in plotted.values() for _, ys in got.values()])
+    """Clip the y axis to the range of the runs that did not diverge (`sane_limits`) and put
+    an x at the last finite point of each diverged run, at the top edge when it is above."""
+    learning = [label for label in plotted if label not in style.diverged] or list(plotted)
+    limits = sane_limits([ys for label in learning for _, ys in plotted[label].values()])
     if limits is not None:
         ax.set_ylim(*limits)
     for label, got in plotted.items():
