@@ -8,7 +8,7 @@ import pytest
 
 from steplab.figures import colors_for, sane_limits, smooth, smoothing_for
 from steplab.reports.labels import difference_labels
-from steplab.reports.plots import PANELS, dashboard, diverged_in, loss_curves, series
+from steplab.reports.plots import PANELS, dashboard, diverged_in, loss_curves, loss_limits, series
 
 
 def test_loss_curves_from_records(tmp_path: Path) -> None:
@@ -160,7 +160,10 @@ def test_diverged_runs_are_marked_and_the_axis_kept_sane(tmp_path: Path) -> None
     assert low < min(r["loss"] for r in good) and 4.2 < high < 5.0  # the blow-up leaves the top
     out = tmp_path / "d.svg"
     legends = {"good": "AdamW lr=3e-3", "blown": "Adagrad lr=3e-2", "ok": "SGD lr=0.1"}
-    loss_curves({"good": good, "blown": blown, "ok": good}, out, legends=legends, diverged={"ok"})
+    plotted = loss_curves({"good": good, "blown": blown, "ok": good}, out, legends=legends, diverged={"ok"})
+    at_once = {"good": plotted["good"], "blown": {"train": ([10.0, 20.0], [5e4, 4e4])}}
+    limits = loss_limits(at_once, {"blown"})  # blown from its first logged point: it sets nothing
+    assert limits is not None and limits[1] < 4.5
     svg = out.read_text()
     assert "AdamW lr=3e-3" in svg and "Adagrad lr=3e-2 (diverged)" in svg and "SGD lr=0.1 (diverged)" in svg
     assert "AdamW lr=3e-3 (diverged)" not in svg

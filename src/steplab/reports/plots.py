@@ -165,11 +165,18 @@ def _draw_loss(
     return {"train": (tx, ty), "val": (vx, vy)}, alpha
 
 
+def loss_limits(
+    plotted: Mapping[str, Mapping[str, Series]], diverged: Collection[str]
+) -> tuple[float, float] | None:
+    """The loss axis: `sane_limits` of the runs that did not diverge (all, if every one did)."""
+    learning = [label for label in plotted if label not in diverged] or list(plotted)
+    return sane_limits([ys for label in learning for _, ys in plotted[label].values()])
+
+
 def _limit_and_mark(ax: Any, plotted: Mapping[str, Mapping[str, Series]], style: Style, scale: float) -> None:
     """Clip the y axis to the range of the runs that did not diverge (`sane_limits`) and put
     an x at the last finite point of each diverged run, at the top edge when it is above."""
-    learning = [label for label in plotted if label not in style.diverged] or list(plotted)
-    limits = sane_limits([ys for label in learning for _, ys in plotted[label].values()])
+    limits = loss_limits(plotted, style.diverged)
     if limits is not None:
         ax.set_ylim(*limits)
     for label, got in plotted.items():
