@@ -172,3 +172,5 @@ def test_diverged_runs_are_marked_and_the_axis_kept_sane(tmp_path: Path) -> None
     )
     assert labels == {"a": "a: lr=1e-3", "b": "b: lr=3e-3"}
     assert difference_labels({"a": {"optim.lr": 1e-3}}) == {"a": "a"}
+    named = difference_labels({"lr1e-3": {"optim.lr": 1e-3}, "fast": {"optim.lr": 3e-3}})
+    assert named == {"lr1e-3": "lr1e-3", "fast": "fast: lr=3e-3"}  # a name that says it stays as is

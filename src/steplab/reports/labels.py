@@ -67,14 +67,19 @@ def describe(settings: Sequence[tuple[str, Any]]) -> str:
 
 def difference_labels(configs: Mapping[str, Mapping[str, Any]], max_keys: int = MAX_KEYS) -> dict[str, str]:
     """Legend labels for runs (`configs`: name -> flattened config): each run's name followed by
-    the settings that differ between the runs, ``base: lr=1e-3``. With one run, or no
-    difference, or too many to read, the names alone."""
+    the settings that differ between the runs, ``base: lr=1e-3``. With one run, no
+    difference, too many to read, or a name that already says them (``lr3e-3``), the name."""
     missing = object()
     keys = sorted({k for c in configs.values() for k in c} - IGNORED)
     differ = [k for k in keys if len({repr(c.get(k, missing)) for c in configs.values()}) > 1]
     if len(configs) < 2 or not differ or len(differ) > max_keys:
         return {name: name for name in configs}
-    return {name: f"{name}: {describe([(k, c.get(k)) for k in differ])}" for name, c in configs.items()}
+    out = {}
+    for name, c in configs.items():
+        values = [c.get(k) for k in differ]
+        said = all(fmt_value(v).lower() in name.lower() or str(v).lower() in name.lower() for v in values)
+        out[name] = name if said else f"{name}: {describe(list(zip(differ, values, strict=True)))}"
+    return out
 
 
 def legends_of(runs: Sequence[Run]) -> tuple[dict[str, str], set[str]]:
