@@ -185,3 +185,21 @@ def test_compare_end_to_end_resumes_and_skips(tmp_path: Path, capsys: pytest.Cap
     # The same directory with other settings is refused (one line, exit 2).
     assert main([*argv[:-2], "--train.max-steps", "12", "--out", str(out)]) == 2
     assert "holds a run with other settings (train.max_steps: 10 there, 12 now)" in capsys.readouterr().err
+
+
+def test_compare_is_split_by_concept() -> None:
+    """Planning, running and results are modules of their own; the report lives in reports/,
+    and `compare()` itself is a short driver."""
+    import inspect
+
+    from steplab.tools.compare import plan, results, run
+
+    assert (
+        plan.make_plan is make_plan
+        and results.aggregate is aggregate
+        and run.compare.__module__ == run.__name__
+    )
+    assert len(inspect.getsource(run.compare).splitlines()) <= 80
+    assert not hasattr(run, "Resources")  # memory comes from the run's own records
+    source = "".join(inspect.getsource(m) for m in (plan, results, run))
+    assert "from steplab.reports" not in source  # tools never import the reports layer

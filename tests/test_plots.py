@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from steplab.figures import colors_for, sane_limits, smooth, smoothing_for
+from steplab.figures import PALETTE, colors_for, sane_limits, smooth, smoothing_for
 from steplab.reports.labels import difference_labels
 from steplab.reports.plots import PANELS, dashboard, diverged_in, loss_curves, loss_limits, series
 
@@ -141,8 +141,8 @@ def test_a_run_keeps_its_colour_in_every_figure(tmp_path: Path) -> None:
     first, second = colors_for(runs), colors_for(more)
     assert first["muon"] == second["muon"] and first["adamw"] == second["adamw"]
     assert len(set(second.values())) == 4 and colors_for(reversed(list(more))) == second
-    crowded = colors_for(f"run {i}" for i in range(10))  # collisions are moved to free colours
-    assert len(set(crowded.values())) == 10
+    crowded = colors_for(f"run {i}" for i in range(len(PALETTE)))  # collisions move to free colours
+    assert len(set(crowded.values())) == len(PALETTE) and "#7f7f7f" not in PALETTE  # grey: line styles
     loss_curves(runs, tmp_path / "a.svg")
     dashboard(more, tmp_path / "b.svg")
     for name in ("a.svg", "b.svg"):

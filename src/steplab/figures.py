@@ -11,7 +11,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-# matplotlib's tab10, in its order: distinct hues, readable on white, colour-blind tolerable.
+# matplotlib's tab10 without its grey (grey keys the line styles in legends): distinct hues,
+# readable on white.
 PALETTE = (
     "#1f77b4",
     "#ff7f0e",
@@ -20,7 +21,6 @@ PALETTE = (
     "#9467bd",
     "#8c564b",
     "#e377c2",
-    "#7f7f7f",
     "#bcbd22",
     "#17becf",
 )
