@@ -267,7 +267,7 @@ def test_tune_shows_a_line_per_trial_and_no_optuna_log(
 ) -> None:
     (tmp_path / "space.toml").write_text(SPACE)
     argv = ["tune", "--preset", "tiny", "--space", str(tmp_path / "space.toml"), "--trials", "2"]
-    argv += ["--budget-steps", "10", "--eval.every", "5", "--eval.max-windows", "8", "--pruner", "none"]
+    argv += ["--train.max-steps", "10", "--eval.every", "5", "--eval.max-windows", "8", "--pruner", "none"]
     argv += ["--dir", str(tmp_path / "study"), "--train.tensorboard", "false"]
     assert main(argv) == 0
     first = capfd.readouterr()

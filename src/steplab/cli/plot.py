@@ -51,10 +51,18 @@ def cmd_plot(opts: PlotOptions) -> int:
     legends, diverged = legends_of(runs)
     if opts.loss_only:
         loss_curves(
-            sources, out, x=opts.x, title=opts.title, smoothing=opts.smoothing, legends=legends, diverged=diverged
+            sources,
+            out,
+            x=opts.x,
+            title=opts.title,
+            smoothing=opts.smoothing,
+            legends=legends,
+            diverged=diverged,
         )
     else:
-        dashboard(sources, out, title=opts.title, smoothing=opts.smoothing, legends=legends, diverged=diverged)
+        dashboard(
+            sources, out, title=opts.title, smoothing=opts.smoothing, legends=legends, diverged=diverged
+        )
     if not opts.quiet:
         print(f"wrote {out}")
     return 0
