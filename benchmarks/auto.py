@@ -152,7 +152,7 @@ def method_tune(corpus: Path | None, seconds: float, seed: int, work: Path, env:
             str(space),
             "--trials",
             "20",
-            "--budget-seconds",
+            "--train.max-seconds",
             f"{trial:.1f}",
             "--seed",
             str(seed),
