@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from steplab.config.values import check_value, coerce, did_you_mean, field_type
+from steplab.config.values import check_type, check_value, coerce, did_you_mean, field_type
 from steplab.errors import ConfigError
 
 
@@ -265,6 +265,19 @@ class GuardConfig:
     spike_warmup: int = opt(20, "accepted steps before loss spikes are checked", ge=1)
     max_attempts: int = opt(5, "give up after this many consecutive skipped steps, or rollbacks", ge=1)
     lr_factor: float = opt(0.5, "rollback: multiply the learning rate by this", gt=0, le=1)
+    loss_ceiling: float = opt(
+        1.5,
+        "flag a step whose loss is above this x ln(vocab size), the loss of a uniform guess, "
+        "from the first step on (0: off)",
+        ge=0,
+    )
+
+    def check(self) -> None:
+        if 0 < self.loss_ceiling <= 1:
+            raise ConfigError(
+                f"--guard.loss-ceiling must be 0 (off) or above 1 (got {self.loss_ceiling:g}): "
+                "a fresh model's loss is about ln(vocab size) already"
+            )
 
 
 SECTIONS: dict[str, type] = {
@@ -308,7 +321,9 @@ class RunConfig:
         for name in SECTIONS:
             section = getattr(self, name)
             for f in dataclasses.fields(section):
-                check_value(f, getattr(section, f.name), flag(name, f.name))
+                where = flag(name, f.name)
+                check_type(field_type(type(section), f.name), getattr(section, f.name), where)
+                check_value(f, getattr(section, f.name), where)
             if hasattr(section, "check"):
                 section.check()
         if self.eval.window is not None and self.eval.window > self.model.block_size:

@@ -91,6 +91,24 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where} must be {describe(tp)} (got {value!r})")
 
 
+def check_type(tp: Any, value: Any, where: str) -> None:
+    """Refuse a value of the wrong type set from Python (`cfg.optim.lr = "abc"`), as the CLI would."""
+    for o in _options(tp):
+        if typing.get_origin(o) is Literal:
+            ok = value in typing.get_args(o) and not isinstance(value, bool)
+        elif o is type(None):
+            ok = value is None
+        elif o is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif o is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, o)
+        if ok:
+            return
+    raise ConfigError(f"{where} must be {describe(tp)} (got {value!r})")
+
+
 def check_value(f: dataclasses.Field, value: Any, where: str) -> None:
     md = f.metadata
     if not isinstance(value, (int, float)) or isinstance(value, bool):

@@ -67,9 +67,9 @@ class Session:
     @property
     def peak_lr(self) -> float:
         lr = self.cfg.optim.lr
-        if not isinstance(lr, float):
+        if isinstance(lr, str):
             raise ConfigError("--optim.lr auto must be resolved by the LR finder before training")
-        return lr
+        return float(lr)
 
 
 def check(cfg: RunConfig) -> RunConfig:
