@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
         "steplab.progress",
     },
     {"steplab.data"},
-    {"steplab.rundir", "steplab.checkpoint", "steplab.trackers", "steplab.hf"},
+    {"steplab.rundir", "steplab.checkpoint", "steplab.checkpoint_checks", "steplab.trackers", "steplab.hf"},
     {"steplab.loop"},
     {"steplab.tools"},
     {"steplab.reports"},

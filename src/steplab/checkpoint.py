@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from steplab.checkpoint_checks import check_weights, checked_state, model_differences
 from steplab.config import RunConfig, dump_toml, load_toml
 from steplab.data.tokenizer import Tokenizer, from_json
 from steplab.errors import CheckpointError
@@ -57,7 +58,6 @@ class TrainState:
     train_seconds: float = 0.0
     best_val_loss: float | None = None
     best_step: int | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
     metrics_lines: int | None = (
         None  # records in metrics.jsonl when this was saved (resume cuts back to them)
     )
@@ -324,7 +324,9 @@ def load(path: Path, *, with_optimizer: bool = True, whole: bool = True) -> Load
             from steplab.hf.pretrained import with_base
 
             weights = with_base(path, cfg, weights, whole=whole)
-        state = TrainState(**json.loads((path / "state.json").read_text()))
+        state = TrainState(
+            **checked_state(json.loads((path / "state.json").read_text()), path / "state.json")
+        )
         opt = None
         if with_optimizer and (path / "optimizer.pt").exists():
             opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
@@ -347,33 +349,6 @@ def load(path: Path, *, with_optimizer: bool = True, whole: bool = True) -> Load
     return Loaded(
         path=path, cfg=cfg, tokenizer=tokenizer, weights=weights, state=state, optimizer=opt, rng=rng
     )
-
-
-def check_weights(model_cfg: Any, weights: dict[str, torch.Tensor], where: Path) -> None:
-    """Refuse a checkpoint of another model shape, naming the first mismatch."""
-    from steplab.model import GPT
-
-    with torch.device("meta"):
-        ref = GPT(model_cfg)
-    own = ref.state_dict()
-    tied = set(own) - set(dedup_state_meta(ref))
-    missing = [k for k in own if k not in weights and k not in tied]
-    extra = [k for k in weights if k not in own]
-    if missing or extra:
-        raise CheckpointError(
-            f"{where}: checkpoint does not match the model (missing {missing[:3]}, unexpected {extra[:3]})"
-        )
-    for k, t in weights.items():
-        if own[k].shape != t.shape:
-            raise CheckpointError(
-                f"{where}: {k} has shape {tuple(t.shape)} in the checkpoint but {tuple(own[k].shape)} in the model "
-                "(the checkpoint is of a different model shape)"
-            )
-
-
-def dedup_state_meta(model: nn.Module) -> list[str]:
-    """Names of a model's parameters and buffers with tied ones once (works on the meta device)."""
-    return [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
@@ -410,6 +385,11 @@ def restore(
         )
     from steplab.dist import load_full_state
 
+    changed = model_differences(loaded.cfg.model, model.cfg)  # type: ignore[arg-type]
+    differs = (
+        f"this run's model differs from the checkpoint's: {'; '.join(changed)}; a resumed run keeps its "
+        "model (drop these flags, or start a new run with --overwrite or another --run-dir)"
+    )
     if (path / "base.json").is_file():  # only what trains is stored; the model holds the base already
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         if set(loaded.weights) != trainable:
@@ -417,7 +397,12 @@ def restore(
                 f"{path}: its trained parameters are not this run's ({sorted(trainable)[:3]}...)"
             )
     else:
-        check_weights(model.cfg, loaded.weights, path)  # type: ignore[arg-type]
+        try:
+            check_weights(model.cfg, loaded.weights, path)  # type: ignore[arg-type]
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; {differs}" if changed else str(e)) from None
+    if changed:  # same shapes, another function (n_head, norm_eps, ...)
+        raise CheckpointError(f"{path}: {differs}")
     if optimizer is None or loaded.optimizer is None:
         load_full_state(model, None, loaded.weights, None)
     else:
@@ -436,6 +421,16 @@ def restore(
     if loaded.rng is not None:
         set_rng_state(loaded.rng)
     return loaded.state
+
+
+def saved_config(path: Path) -> RunConfig:
+    """The config a checkpoint was trained with (its own config.toml)."""
+    try:
+        return load_toml(path / "config.toml")
+    except Exception as e:  # a damaged file: say which
+        raise CheckpointError(
+            f"{path}: config.toml cannot be read ({str(e).splitlines()[0][:200]})"
+        ) from None
 
 
 def _describe(tok: Tokenizer) -> str:
