@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from steplab.config import GuardConfig, RunConfig
 from steplab.data.batches import BatchSampler
 from steplab.errors import ConfigError
 from steplab.loop.fit import train
-from steplab.loop.guard import Guard, spike_threshold, update_stats, verdict
-from steplab.loop.session import build
+from steplab.loop.guard import Guard, ceiling, spike_threshold, update_stats, verdict
+from steplab.loop.hooks import Callback
+from steplab.loop.session import Session, build
 from steplab.loop.step import train_step
 from steplab.rundir import read_metrics
 
@@ -194,3 +196,102 @@ def test_with_the_guard_off_a_nan_stops_at_the_next_log_step(
     result = train(tiny_cfg, None)
     assert result.status == "diverged" and result.state.step == 40
     assert "loss is nan at step 40: the run diverged" in capsys.readouterr().err
+
+
+def test_the_ceiling_rule_is_a_multiple_of_the_uniform_guess() -> None:
+    cfg = GuardConfig()
+    assert ceiling(65, cfg) == pytest.approx(1.5 * math.log(65))
+    assert ceiling(65, GuardConfig(loss_ceiling=0)) == math.inf  # off
+    st = {"mean": 0.0, "var": 0.0, "accepted": 0}  # the first step: no statistics yet
+    limit = ceiling(65, cfg)
+    assert verdict(4.2, 1.0, st, cfg, limit=limit) == (None, pytest.approx(math.nan, nan_ok=True))
+    assert verdict(limit + 0.01, 1.0, st, cfg, limit=limit) == ("loss above the ceiling", limit)
+    # once the spike rule is active, a spike is named as such even above the ceiling
+    active = {"mean": 3.0, "var": 0.01, "accepted": 20}
+    assert verdict(limit + 1, 1.0, active, cfg, limit=limit)[0] == "loss spike"
+    with pytest.raises(ConfigError, match="--guard.loss-ceiling must be 0 \\(off\\) or above 1"):
+        RunConfig(guard=GuardConfig(loss_ceiling=0.9)).validate()
+
+
+def test_a_run_that_blows_up_from_the_start_is_caught(tmp_path: Path, tiny_cfg: RunConfig) -> None:
+    """The issue's case: lr 10 climbed to a loss of 30,000 and finished with no guard event."""
+    tiny_cfg.train.max_steps, tiny_cfg.optim.lr = 60, 10.0
+    result = train(tiny_cfg, tmp_path / "skip")
+    assert result.status == "diverged"
+    evs = events(tmp_path / "skip")
+    assert [e["action"] for e in evs] == ["skip"] * 5 + ["give_up"]
+    limit = 1.5 * math.log(65)
+    assert evs[0]["step"] <= 3 and all(e["reason"] == "loss above the ceiling" for e in evs)
+    assert all(e["threshold"] == pytest.approx(limit) and e["flagged_loss"] > limit for e in evs)
+    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    assert (
+        summary["status"] == "diverged"
+        and json.loads((tmp_path / "skip" / "run.json").read_text())["status"] == "diverged"
+    )
+
+
+def test_rollback_from_the_start_uses_every_attempt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`steplab train --preset tiny --train.max-steps 60 --optim.lr 10 --guard.policy rollback`:
+    five rollbacks (all to the step-0 checkpoint, the only one there is), then it gives up: exit 1."""
+    from steplab.cli.main import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--train.max-steps", "60", "--optim.lr", "10"]
+    argv += [
+        "--guard.policy",
+        "rollback",
+        "--quiet",
+        "--train.tensorboard",
+        "false",
+        "--train.dtype",
+        "float32",
+    ]
+    assert main([*argv, "--run-dir", str(run)]) == 1
+    evs = events(run)
+    assert [e["action"] for e in evs] == ["rollback"] * 5 + ["give_up"]
+    assert [e["to_step"] for e in evs[:5]] == [0] * 5
+    assert [e["lr_scale"] for e in evs[:5]] == [0.5, 0.25, 0.125, 0.0625, 0.03125]
+    assert "divergence guard gave up" in capsys.readouterr().err
+    assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_rollback_keeps_a_checkpoint_for_every_attempt(
+    tmp_path: Path, tiny_cfg: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keep-last 2, but 4 attempts allowed: each goes one checkpoint further back (it used to
+    give up after 2, "no checkpoint at or before step 41 left")."""
+    tiny_cfg.checkpoint.every, tiny_cfg.checkpoint.keep_last, tiny_cfg.checkpoint.keep_best = 10, 2, False
+    tiny_cfg.guard.policy, tiny_cfg.guard.max_attempts = "rollback", 4
+    lr_fault(monkeypatch, range(41, 10_000), math.inf)  # a fault that never goes away
+    run = tmp_path / "run"
+    result = train(tiny_cfg, run)
+    assert result.status == "diverged"
+    evs = events(run)
+    assert [e["action"] for e in evs] == ["rollback"] * 4 + ["give_up"]
+    # one further back each time (counted from the newest at or before the faulty step), then the oldest
+    assert [e["to_step"] for e in evs[:4]] == [40, 30, 10, 10]
+
+
+def test_rollback_reserve_is_pruned_when_the_run_ends(tmp_path: Path, tiny_cfg: RunConfig) -> None:
+    tiny_cfg.checkpoint.every, tiny_cfg.checkpoint.keep_best = 10, False
+    tiny_cfg.guard.policy = "rollback"
+    seen: list[list[int]] = []
+
+    class Watch(Callback):
+        def on_log(self, s: Session, state: TrainState, record: dict) -> None:
+            seen.append(ckpt.list_steps(tmp_path / "run" / "checkpoints"))
+
+    train(tiny_cfg, tmp_path / "run", callbacks=[Watch()])
+    assert seen[-1] == [0, 10, 20, 30, 40]  # at step 50: the newest max_attempts (5) and step 0
+    assert ckpt.list_steps(tmp_path / "run" / "checkpoints") == [40, 50]  # keep-last 2 at the end
+
+
+def test_a_finished_run_worse_than_the_ceiling_is_diverged_with_the_guard_off(
+    tiny_cfg: RunConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny_cfg.guard.policy, tiny_cfg.optim.lr, tiny_cfg.train.max_steps = "off", 3.0, 60
+    result = train(tiny_cfg, None)
+    assert result.status == "diverged" and result.final["val_loss"] > 1.5 * math.log(65)
+    assert "is above the ceiling" in capsys.readouterr().err

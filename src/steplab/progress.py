@@ -42,8 +42,12 @@ class ProgressView:
     command shows the same kind of bar with an ETA. Off a terminal, `update` prints a plain
     line only when `plain_every` is set: ``0`` for every update (each one a finished item: a
     run, a trial), ``0.1`` at each tenth of the total (a stream of megabytes). Without it
-    (train) the caller's own `line`s are the plain output.
+    (train) the caller's own `line`s are the plain output. On a terminal `update` may be
+    called as often as every step: a position change alone reaches the bar at most
+    `max_rate` times a second (rich redraws at 10 Hz).
     """
+
+    max_rate = 10.0  # position-only updates forwarded to the live bar per second
 
     def __init__(
         self,
@@ -62,6 +66,8 @@ class ProgressView:
         self.plain_every = plain_every
         self.start, self.t0 = start, time.perf_counter()
         self._last_plain = start
+        self.info = ""  # the text beside the bar, kept for position-only updates
+        self.last_update = -1.0
         self.bar: Any = None
         if self.live:
             from rich.console import Console
@@ -89,13 +95,25 @@ class ProgressView:
         left = eta_seconds(done, self.total, time.perf_counter() - self.t0, self.start)
         return "ETA -" if left is None else f"ETA {fmt_duration(left)}"
 
-    def update(self, done: float, info: str) -> None:
+    def update(self, done: float, info: str | None = None, *, force: bool = False) -> None:
+        """Move to `done`; `info` replaces the text beside it (None: keep the last).
+
+        Live, a new `info` or `force` always goes through and a position change alone is
+        throttled (`max_rate`); plain, a line when `plain_every` says one is due.
+        """
+        self.info = self.info if info is None else info
         if self.live:
-            self.bar.update(self.task, completed=min(done, self.total), info=info)
+            now = time.monotonic()
+            if info is None and not force and now - self.last_update < 1.0 / self.max_rate:
+                return
+            self.last_update = now
+            self.bar.update(self.task, completed=min(done, self.total), info=self.info)
         elif self.enabled and self.plain_every is not None and self._plain_due(done):
             self._last_plain = done
             count = f"{done:g}/{self.total:g}" if self.unit != "MB" else f"{done:,.1f}/{self.total:,.1f}"
-            print(f"{self.label} [{count} {self.unit}] {info}  {self.eta(done)}".rstrip(), file=self.stream)
+            print(
+                f"{self.label} [{count} {self.unit}] {self.info}  {self.eta(done)}".rstrip(), file=self.stream
+            )
             self.stream.flush()
 
     def _plain_due(self, done: float) -> bool:
