@@ -53,7 +53,7 @@ def lr_now(cfg: RunConfig, state: TrainState) -> float | None:
     if isinstance(cfg.optim.lr, str):
         return None
     mult = build_schedule(cfg.schedule)(state.step, progress_of(cfg, state))
-    return cfg.optim.lr * mult * state.guard.get("lr_scale", 1.0)
+    return max(0.0, cfg.optim.lr * mult * state.guard.get("lr_scale", 1.0))  # wsd's end: -7e-19
 
 
 def warn_if_lr_jumps(saved: RunConfig, s: Session, state: TrainState) -> None:
