@@ -28,7 +28,7 @@ from steplab.loop.hooks import Callback, StopTraining
 from steplab.loop.logger import StepLogger
 from steplab.loop.resume import restore_latest
 from steplab.loop.run_writer import RunWriter
-from steplab.loop.session import Session, build, check
+from steplab.loop.session import Session, build, resolve
 from steplab.loop.signals import Signals, agree
 from steplab.loop.step import train_step
 from steplab.optim import set_lr
@@ -137,7 +137,7 @@ def train(
 
     `cfg` gets the checks the command line gives it, before anything is touched.
     """
-    check(cfg)
+    resolve(cfg)
     dist_mod.init_from_env(resolve_device(cfg.train.device).type)  # before anything that may use it
     if run_dir is not None:
         run_dir = Path(run_dir)

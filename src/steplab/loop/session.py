@@ -80,15 +80,21 @@ def check(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def resolve(cfg: RunConfig) -> RunConfig:
+    """`cfg` as `build` uses it, checked: a fine-tune's [model] and [tokenizer] become the
+    pretrained model's (`--init-from`; idempotent), then every check (`check`)."""
+    if cfg.train.init_from:
+        pretrained.apply(cfg)
+    return check(cfg)
+
+
 def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device | None = None) -> Session:
     """Tokenize (or reuse the cache), build model, optimizer, schedule and sampler.
 
     Under torchrun the model is wrapped for DDP or FSDP2 (`steplab.dist`); the optimizer is
     built after the wrapping so that it sees FSDP's sharded parameters.
     """
-    if cfg.train.init_from:  # fine-tuning: [model] and [tokenizer] become the pretrained model's
-        pretrained.apply(cfg)
-    check(cfg)
+    resolve(cfg)
     configure_threads(cfg.train)
     device = device or resolve_device(cfg.train.device)
     info = dist_mod.init_from_env(device.type)
