@@ -101,7 +101,11 @@ def test_python_api_validates_like_the_cli(tmp_path: Path, tiny_cfg: RunConfig) 
         train(tiny_cfg, None)
     tiny_cfg.train.batch_size, tiny_cfg.train.max_steps, tiny_cfg.schedule.warmup_steps = 8, 2, 0
     tiny_cfg.optim.weight_decay = 0  # an int where a float is expected is fine
-    assert train(tiny_cfg, None).status == "finished"
+    tiny_cfg.train.log_every = 1.0  # type: ignore[assignment]  # an integral float is the int
+    assert train(tiny_cfg, None).status == "finished" and tiny_cfg.train.log_every == 1
+    tiny_cfg.train.log_every = 1.5  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match=r"--train.log-every must be int \(got 1.5\)"):
+        train(tiny_cfg, None)
 
 
 def test_warmup_longer_than_the_run_warns_once(tiny_cfg: RunConfig) -> None:

@@ -322,8 +322,9 @@ class RunConfig:
             section = getattr(self, name)
             for f in dataclasses.fields(section):
                 where = flag(name, f.name)
-                check_type(field_type(type(section), f.name), getattr(section, f.name), where)
-                check_value(f, getattr(section, f.name), where)
+                value = check_type(field_type(type(section), f.name), getattr(section, f.name), where)
+                setattr(section, f.name, value)  # 8.0 set where an int is expected becomes 8
+                check_value(f, value, where)
             if hasattr(section, "check"):
                 section.check()
         if self.eval.window is not None and self.eval.window > self.model.block_size:

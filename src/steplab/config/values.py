@@ -91,8 +91,10 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where} must be {describe(tp)} (got {value!r})")
 
 
-def check_type(tp: Any, value: Any, where: str) -> None:
-    """Refuse a value of the wrong type set from Python (`cfg.optim.lr = "abc"`), as the CLI would."""
+def check_type(tp: Any, value: Any, where: str) -> Any:
+    """`value` if it is of type `tp`, else a `ConfigError` naming it: the CLI's rules for a value
+    set from Python (`cfg.optim.lr = "abc"`). An integral float where an int is expected is
+    returned as the int, as `coerce` does for the CLI and TOML files."""
     for o in _options(tp):
         if typing.get_origin(o) is Literal:
             ok = value in typing.get_args(o) and not isinstance(value, bool)
@@ -101,11 +103,13 @@ def check_type(tp: Any, value: Any, where: str) -> None:
         elif o is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         elif o is int:
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
             ok = isinstance(value, int) and not isinstance(value, bool)
         else:
             ok = isinstance(value, o)
         if ok:
-            return
+            return value
     raise ConfigError(f"{where} must be {describe(tp)} (got {value!r})")
 
 
