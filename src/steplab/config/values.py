@@ -41,6 +41,34 @@ def describe(tp: Any) -> str:
     return " or ".join(parts)
 
 
+INT_LIMIT = 2**63 - 1  # integers beyond a 64-bit signed range are refused outright
+
+
+def exact_int(value: Any) -> int | None:
+    """`value` as an integer, exactly: "12", 12, 12.0, "1e3"; None when it is not a whole number.
+
+    Digits are parsed as digits (never through a float, which would turn
+    99999999999999999999999 into 99999999999999991611392); a float or exponent form is
+    accepted only where a float holds it exactly (up to 2**53).
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    return None
+
+
 def coerce(tp: Any, value: Any, where: str) -> Any:
     """Turn `value` (a CLI string or a TOML value) into a value of type `tp`."""
     opts = _options(tp)
@@ -63,16 +91,10 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
                 if is_str and value.lower() in ("false", "0", "no", "off"):
                     return False
             elif o is int:
-                if isinstance(value, bool):
-                    continue
-                if isinstance(value, int):
-                    return value
-                if isinstance(value, float) and value.is_integer():
-                    return int(value)
-                if is_str:
-                    num = float(value)
-                    if num.is_integer():
-                        return int(num)
+                if (n := exact_int(value)) is not None:
+                    if abs(n) > INT_LIMIT:
+                        raise OverflowError
+                    return n
             elif o is float:
                 if isinstance(value, bool):
                     continue
@@ -85,6 +107,8 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
                     return value
         except ValueError:
             continue
+        except OverflowError:  # a size nothing could allocate: refused before anything is built
+            raise ConfigError(f"{where} is too large (got {value!r}; at most {INT_LIMIT})") from None
     literal = [a for o in opts if typing.get_origin(o) is Literal for a in typing.get_args(o)]
     if literal and not any(o in (int, float, bool) for o in opts):
         raise ConfigError(f"{where} must be one of {', '.join(map(str, literal))} (got {value!r})")

@@ -28,6 +28,7 @@ from steplab.runtime import (
     resolve_device,
 )
 from steplab.schedules import build_schedule
+from steplab.sizing import check_fits
 
 # --- the session: everything a run needs, built from the config ----------------------------
 
@@ -118,6 +119,7 @@ def build(cfg: RunConfig, *, data: TokenData | None = None, device: torch.device
         )
     except DataError as e:  # name the corpus: the sampler only sees its tokens
         raise DataError(f"--data {cfg.data.path or 'bundled corpus'}: {e}") from None
+    check_fits(cfg, device, world_size=info.world_size)  # refuse a model that cannot fit before building it
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model).to(device)
     if cfg.train.init_from:  # the pretrained weights replace the random init
