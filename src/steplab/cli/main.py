@@ -21,6 +21,7 @@ from steplab.cli.catalog import OPTIMIZERS, PRESETS
 from steplab.cli.compare import COMPARE
 from steplab.cli.corpus import GROUP_HELP, PREPARE
 from steplab.cli.doctor import DOCTOR
+from steplab.cli.errors import debug_requested, run_command
 from steplab.cli.evaluate import EVAL
 from steplab.cli.export import EXPORT
 from steplab.cli.mup import COORD_CHECK, TRANSFER
@@ -33,7 +34,6 @@ from steplab.cli.sample import SAMPLE
 from steplab.cli.train import TRAIN, resumed_config
 from steplab.cli.tuning import BATCH_FIND, LR_FIND, TUNE
 from steplab.config import RunConfig
-from steplab.errors import SteplabError
 
 # In the order `steplab --help` lists them.
 COMMANDS: list[Command] = [
@@ -68,26 +68,21 @@ def run(command: Command, options: Any) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        parsed = parse(argv, COMMANDS, GROUPS)
-        if parsed.command is None:
-            parsed.parser.print_help()
-            return 2
-        with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warning
-            return run(parsed.command, parsed.options)
-    except SteplabError as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return 130
-    except BrokenPipeError:  # `steplab runs | head`: the reader left, nothing is wrong
-        import os
+    debug, args = debug_requested(list(sys.argv[1:] if argv is None else argv))
+    return run_command(
+        lambda: dispatch(args), debug=debug
+    )  # any failure: one line (a traceback with --debug)
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+
+def dispatch(argv: list[str]) -> int:
+    """Parse `argv` and run the command it names."""
+    parsed = parse(argv, COMMANDS, GROUPS)
+    if parsed.command is None:
+        parsed.parser.print_help()
+        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return run(parsed.command, parsed.options)
 
 
 def train_config(flags: Sequence[str]) -> RunConfig:

@@ -10,6 +10,7 @@ from pathlib import Path
 from steplab.cli.options import Command, ConfigOptions
 from steplab.config import SECTIONS, RunConfig, dump_toml, load_toml, opt
 from steplab.errors import SteplabError
+from steplab.rundir import named_run_dir as under_root
 
 
 @dataclass(kw_only=True)
@@ -33,7 +34,7 @@ class TrainOptions(ConfigOptions):
 
 
 def named_run_dir(opts: TrainOptions) -> Path | None:
-    return Path(opts.run_dir) if opts.run_dir else (Path("runs") / opts.name if opts.name else None)
+    return Path(opts.run_dir) if opts.run_dir else (under_root("runs", opts.name) if opts.name else None)
 
 
 def resumed_config(opts: TrainOptions) -> RunConfig | None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 from steplab.cli.options import CHECKPOINTS, Command, ConfigOptions
 from steplab.config import SECTIONS, RunConfig, dump_toml, opt
 from steplab.errors import SteplabError
+from steplab.rundir import named_run_dir
 
 if TYPE_CHECKING:
     from steplab.tools.batch_find import BatchFindResult
@@ -195,7 +196,7 @@ def cmd_tune(opts: TuneOptions, cfg: RunConfig) -> int:
     if not any(p.key == "optim.lr" for p in space):
         resolve_auto_lr(cfg)
     name = opts.study or f"{cfg.preset}-{Path(opts.space).stem}"
-    study_dir = Path(opts.dir) if opts.dir else Path("runs") / "tune" / name
+    study_dir = Path(opts.dir) if opts.dir else named_run_dir(Path("runs") / "tune", name, flag="--study")
     spec = TuneSpec(
         base_toml=dump_toml(cfg.validate()),
         space=space,
