@@ -106,7 +106,12 @@ def test_cli_export_safetensors_and_errors(tmp_path: Path, capsys: pytest.Captur
     save_run(tmp_path / "run", tiny_model(256, pos="rope", norm="layernorm", mlp="relu2"), tok)
     out = tmp_path / "out"
     assert main(["export", "--run", str(tmp_path / "run"), "--format", "safetensors", "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "steplab-export.json",  # the marker: the files steplab wrote (what a later --overwrite may replace)
+    }
     capsys.readouterr()
     assert main(["export", "--run", str(tmp_path / "run"), "--format", "safetensors", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err

@@ -116,9 +116,9 @@ def kill_point(kind: str, n: int) -> Callable[[], None]:
         elif kind == "checkpoint-file":  # between optimizer.pt and rng.pt of a checkpoint
             kill_on_call(steplab.checkpoint.torch, "save", 2 * n)
         elif kind == "checkpoint-rename":  # everything written and fsynced, not yet published
-            kill_on_call(steplab.checkpoint.os, "replace", n)
+            kill_on_call(steplab.checkpoint, "publish", n)
         elif kind == "checkpoint-published":  # renamed into place, old ones not yet pruned
-            kill_on_call(steplab.checkpoint, "_fsync_dir", n, after=True)
+            kill_on_call(steplab.checkpoint, "prune", n)
         elif kind == "metrics-line":
             torn_metrics_line(n)
         else:

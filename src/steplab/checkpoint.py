@@ -12,8 +12,8 @@ A checkpoint is a directory ``checkpoints/step_00001234/`` holding
                          ``--init-from`` directory the others come from, with its fingerprint,
 - ``manifest.json``      sha256 of each file, written last.
 
-It is written into a temporary directory, fsynced, then renamed into place, so a crash
-(or a full disk) leaves the previous checkpoint intact. Loading checks the manifest and
+It is written into a temporary directory, fsynced, then renamed into place
+(`steplab.atomic`), so a crash, a kill or a full disk leaves the previous checkpoint intact. Loading checks the manifest and
 reads tensors with ``torch.load(weights_only=True)``: nothing is unpickled beyond plain
 tensors and containers, and a file the manifest does not list is refused.
 
@@ -23,28 +23,26 @@ divergence guard's rollback share it.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import pickle
-import random
 import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from steplab.atomic import describe, os_error_of, publish, staging_dir
 from steplab.checkpoint_checks import check_weights, checked_state, model_differences
 from steplab.config import RunConfig, dump_toml, load_toml
 from steplab.data.tokenizer import Tokenizer, from_json
 from steplab.errors import CheckpointError
+from steplab.rng import is_rng_state, rng_state, set_rng_state
 
 PREFIX = "step_"
 
@@ -74,48 +72,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def rng_state() -> dict[str, torch.Tensor]:
-    """Every RNG a step may draw from (torch, CUDA, Python, NumPy), as plain tensors."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            state[f"cuda{i}"] = s
-    version, words, gauss = random.getstate()
-    state["python"] = torch.tensor([version, *words], dtype=torch.int64)
-    state["python_gauss"] = torch.tensor([gauss is not None, gauss or 0.0], dtype=torch.float64)
-    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    state["numpy"] = torch.tensor([pos, has_gauss, *np.asarray(keys).tolist()], dtype=torch.int64)
-    state["numpy_gauss"] = torch.tensor([cached], dtype=torch.float64)
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available():
-        cuda = [state[k] for k in sorted(state) if k.startswith("cuda")]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
-    if "python" in state:
-        words = state["python"].tolist()
-        has, gauss = state["python_gauss"].tolist()
-        random.setstate((int(words[0]), tuple(int(w) for w in words[1:]), gauss if has else None))
-    if "numpy" in state:
-        pos, has_gauss, *keys = state["numpy"].tolist()
-        cached = float(state["numpy_gauss"][0])
-        np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -152,53 +108,63 @@ def save(
 
     `model_state`/`optim_state` override the model's and optimizer's own state dicts (the
     full state gathered from FSDP shards).
-    A failed write (a full disk, a quota) removes its temporary directory and raises a
-    `CheckpointError` that names the checkpoint still intact; nothing older is touched.
+    A failed write (a full disk, a quota, a read-only file system) removes its temporary
+    directory and raises a `CheckpointError` that names the checkpoint still intact; nothing
+    older is touched.
     """
     root = checkpoint_dir(run_dir)
     final = root / f"{PREFIX}{state.step:08d}"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-    except OSError as e:
-        raise _write_error(e, root, final) from None
-    try:
-        weights = dedup_state(model_state) if model_state is not None else dedup_state(model.state_dict())
-        from steplab.hf.pretrained import base_reference
+    weights = dedup_state(model_state) if model_state is not None else dedup_state(model.state_dict())
+    from steplab.hf.pretrained import base_reference
 
-        base = base_reference(cfg, model)
-        if base is not None:  # a fine-tune with frozen parameters: those are the base model's, by reference
-            weights = {k: v for k, v in weights.items() if k in base["trainable"]}
-            (tmp / "base.json").write_text(json.dumps(base, indent=1))
-        save_file(weights, str(tmp / "model.safetensors"))
-        if optim_state is None and optimizer is not None:
-            optim_state = optimizer.state_dict()
-        if optim_state is not None:
-            torch.save(optim_state, tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1))
-        (tmp / "config.toml").write_text(dump_toml(cfg))
-        (tmp / "tokenizer.json").write_text(json.dumps(tokenizer.to_json()))
-        files = sorted(p.name for p in tmp.iterdir())
-        manifest = {"step": state.step, "files": {f: _sha256(tmp / f) for f in files}}
-        for f in files:
-            with open(tmp / f, "rb") as fh:
-                os.fsync(fh.fileno())
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        with open(tmp / "manifest.json", "rb") as fh:
-            os.fsync(fh.fileno())
-        if final.exists():  # the same step saved again (after a rollback): move the old one aside first
-            os.replace(final, Path(tempfile.mkdtemp(dir=root, prefix=".old-")) / final.name)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(e, root, final) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    base = base_reference(cfg, model)
+    if base is not None:  # a fine-tune with frozen parameters: those are the base model's, by reference
+        weights = {k: v for k, v in weights.items() if k in base["trainable"]}
+    if optim_state is None and optimizer is not None:
+        optim_state = optimizer.state_dict()
+    try:
+        with staging_dir(final, prefix=".tmp-") as tmp:
+            _write_files(tmp, weights, optim_state, state, cfg, tokenizer, base=base)
+            publish(
+                tmp, final, replace=True, old_prefix=".old-"
+            )  # the same step again (a rollback): replaced
+    except Exception as e:  # torch and safetensors report a full disk as their own errors
+        err = os_error_of(e, root)
+        if err is None:
+            raise
+        raise _write_error(err, root, final) from None
     prune(root, keep_last, keep or set())
     return final
+
+
+def _write_files(
+    tmp: Path,
+    weights: dict[str, torch.Tensor],
+    optim_state: dict[str, Any] | None,
+    state: TrainState,
+    cfg: RunConfig,
+    tokenizer: Tokenizer,
+    *,
+    base: dict[str, Any] | None = None,
+) -> None:
+    """Every file of a checkpoint into `tmp`, fsynced, the manifest last."""
+    if base is not None:
+        (tmp / "base.json").write_text(json.dumps(base, indent=1))
+    save_file(weights, str(tmp / "model.safetensors"))
+    if optim_state is not None:
+        torch.save(optim_state, tmp / "optimizer.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1))
+    (tmp / "config.toml").write_text(dump_toml(cfg))
+    (tmp / "tokenizer.json").write_text(json.dumps(tokenizer.to_json()))
+    files = sorted(p.name for p in tmp.iterdir())
+    manifest = {"step": state.step, "files": {f: _sha256(tmp / f) for f in files}}
+    for f in files:
+        with open(tmp / f, "rb") as fh:
+            os.fsync(fh.fileno())
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    with open(tmp / "manifest.json", "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def _write_error(e: OSError, root: Path, final: Path) -> CheckpointError:
@@ -208,10 +174,9 @@ def _write_error(e: OSError, root: Path, final: Path) -> CheckpointError:
         if steps
         else "no earlier checkpoint exists"
     )
-    what = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
     return CheckpointError(
-        f"cannot write checkpoint {final.name} in {root}: {what}; {intact} "
-        "(free space, then resume with --resume)"
+        f"cannot write checkpoint {final.name} in {root}: {describe(e)}; {intact}: "
+        "once fixed, resume with --resume"
     )
 
 
@@ -247,10 +212,11 @@ def verify(path: Path) -> None:
     if not manifest_path.is_file():
         raise CheckpointError(f"{path}: no manifest.json (incomplete or not a steplab checkpoint)")
     try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise CheckpointError(f"{path}: manifest.json is damaged") from None
+        files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError):
+        files = None
+    if not isinstance(files, dict) or not all(isinstance(d, str) for d in files.values()):
+        raise CheckpointError(f"{path}: manifest.json is damaged (not a steplab manifest)")
     for name, digest in files.items():
         if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
             raise CheckpointError(f"{path}: manifest.json names a file outside the checkpoint ({name!r})")
@@ -335,6 +301,7 @@ def load(path: Path, *, with_optimizer: bool = True, whole: bool = True) -> Load
             if (path / "rng.pt").exists()
             else None
         )
+        check_structure(path, opt, rng)
     except CheckpointError:
         raise
     except pickle.UnpicklingError:
@@ -349,6 +316,21 @@ def load(path: Path, *, with_optimizer: bool = True, whole: bool = True) -> Load
     return Loaded(
         path=path, cfg=cfg, tokenizer=tokenizer, weights=weights, state=state, optimizer=opt, rng=rng
     )
+
+
+def check_structure(path: Path, optimizer: Any, rng: Any) -> None:
+    """Refuse optimizer and RNG files that unpickled safely but are not what steplab writes."""
+    if optimizer is not None and not (
+        isinstance(optimizer, dict)
+        and isinstance(optimizer.get("state"), dict)
+        and isinstance(optimizer.get("param_groups"), list)
+        and all(isinstance(g, dict) for g in optimizer["param_groups"])
+    ):
+        raise CheckpointError(
+            f"{path}: optimizer.pt is not an optimizer state (damaged or foreign checkpoint)"
+        )
+    if rng is not None and not is_rng_state(rng):
+        raise CheckpointError(f"{path}: rng.pt is not a set of RNG states (damaged or foreign checkpoint)")
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:

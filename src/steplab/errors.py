@@ -1,8 +1,8 @@
 """Error types for user mistakes.
 
-Everything a user can get wrong (a flag, a path, a corpus, a checkpoint) raises a
-`SteplabError`; the CLI prints it as one line and exits with code 2. Internal invariants
-use `assert`.
+Everything a user can get wrong (a flag, a path, a corpus, a checkpoint) and every fault of
+the machine a user can fix (a full disk, a read-only directory) raises a `SteplabError`; the
+CLI prints it as one line and exits with code 2. Internal invariants use `assert`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ class ConfigError(SteplabError):
 
 class DataError(SteplabError):
     """A corpus that cannot be read or tokenized."""
+
+
+class StorageError(SteplabError):
+    """A file or directory that cannot be written or read: a full disk, a read-only file
+    system, missing permissions, a path through a regular file."""
 
 
 class CheckpointError(SteplabError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import stat
 import warnings
 from collections.abc import Iterator
 from importlib import resources
@@ -93,7 +94,7 @@ def source_files(cfg: DataConfig) -> list[Path]:
     if is_saved_dataset(root):
         return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     if not root.is_dir():
-        return [root]
+        return [_regular_file(root)]
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     files = [p for p in files if p.suffix.lower() in TEXT_SUFFIXES | TABLE_SUFFIXES]
     if not files:
@@ -109,6 +110,23 @@ def source_files(cfg: DataConfig) -> list[Path]:
             stacklevel=1,  # one place: shown once, however often the files are listed
         )
     return files
+
+
+def _regular_file(path: Path) -> Path:
+    """`path` if it is a regular file: a FIFO or a device never ends, and could not be hashed or re-read."""
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode):
+        return path
+    kind = {
+        stat.S_IFIFO: "a FIFO (named pipe)",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+        stat.S_IFSOCK: "a socket",
+    }.get(stat.S_IFMT(mode), "not a regular file")
+    raise DataError(
+        f"--data: {path} is {kind}, not a regular file; steplab reads a corpus twice (tokenizer, then "
+        "tokens) and hashes it for the cache: save the text to a file and pass that"
+    )
 
 
 def source_hash(cfg: DataConfig) -> str:

@@ -135,13 +135,36 @@ def train(
 ) -> Result:
     """Build a session from `cfg` and train it; the Python API behind `steplab train`.
 
-    `cfg` gets the checks the command line gives it, before anything is touched.
+    `cfg` gets the checks the command line gives it, before anything is touched; the run
+    directory is then checked and locked (rank 0): a second writer is refused.
     """
     resolve(cfg)
-    dist_mod.init_from_env(resolve_device(cfg.train.device).type)  # before anything that may use it
+    info = dist_mod.init_from_env(resolve_device(cfg.train.device).type)  # before anything that may use it
+    run = RunDir(run_dir) if run_dir is not None else None
+    if run is not None and info.is_main:
+        run.open(resume=resume, overwrite=overwrite)  # checks and locks; an earlier run is untouched
+    elif run is not None:
+        run.check(resume=resume, overwrite=overwrite)
+    try:
+        return _train(
+            cfg, run_dir, resume=resume, overwrite=overwrite, callbacks=callbacks, progress=progress
+        )
+    finally:
+        if run is not None:
+            run.close()
+
+
+def _train(
+    cfg: RunConfig,
+    run_dir: Path | None,
+    *,
+    resume: bool,
+    overwrite: bool,
+    callbacks: Sequence[Callback],
+    progress: bool,
+) -> Result:
     if run_dir is not None:
         run_dir = Path(run_dir)
-        RunDir(run_dir).check(resume=resume, overwrite=overwrite)
     s = build(cfg)  # a bad corpus or config fails here, before the run directory is touched
     if s.is_main:
         warn_if_warmup_outlasts_the_run(cfg)

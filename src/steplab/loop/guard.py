@@ -57,7 +57,7 @@ from steplab import dist as dist_mod
 from steplab.checkpoint import TrainState
 from steplab.config import GuardConfig
 from steplab.errors import ConfigError
-from steplab.rundir import truncate_records
+from steplab.rundir import json_number, truncate_records
 
 if TYPE_CHECKING:
     from steplab.loop.session import Session
@@ -208,9 +208,9 @@ class Guard:
             "event": "guard",
             "action": action,
             "reason": f.reason,
-            "flagged_loss": _num(f.loss),
-            "flagged_grad_norm": _num(f.grad_norm),
-            "threshold": _num(f.threshold),
+            "flagged_loss": json_number(f.loss),
+            "flagged_grad_norm": json_number(f.grad_norm),
+            "threshold": json_number(f.threshold),
             "streak": st["streak"],
             "rollbacks": st["rollbacks"],
         }
@@ -317,10 +317,6 @@ class Guard:
             skipped_batches=faulty + 1 - target,
             rollbacks=carried["rollbacks"],
         )
-
-
-def _num(x: float) -> float | str:
-    return x if math.isfinite(x) else str(x)
 
 
 def _fmt(x: float | str) -> str:

@@ -1,7 +1,8 @@
 """Run directories read back: what each run was, how far it got, whether it is still alive.
 
 A run directory describes itself (``run.json``, ``summary.json``, ``config.toml``,
-``metrics.jsonl``); `load_run` reads those files and nothing else, so `steplab runs`,
+``metrics.jsonl``); `load_run` reads those files and nothing else (through
+`steplab.rundir.read_run`, which survives damaged files), so `steplab runs`,
 `steplab plot` and `steplab report` work on a copied or archived directory without the
 code or the corpus that produced it.
 
@@ -15,47 +16,40 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from steplab.errors import SteplabError
+from steplab.locks import process_alive
 from steplab.progress import fmt_duration
-from steplab.rundir import process_alive, read_json, read_metrics
+from steplab.rundir import RunFiles, finite_number, is_run, read_run
 
-MARKERS = ("run.json", "metrics.jsonl")  # a directory holding either is a run
 SKIP_DIRS = {"checkpoints", "tb", "__pycache__"}
 
 # --- a run read back -----------------------------------------------------------------------
 
 
 @dataclass
-class Run:
-    """One run directory's files, parsed. Missing files are empty, never an error."""
+class Run(RunFiles):
+    """One run directory's files, parsed (`steplab.rundir.read_run`), with what the table shows."""
 
-    path: Path
-    name: str
-    info: dict[str, Any] = field(default_factory=dict)  # run.json
-    summary: dict[str, Any] = field(default_factory=dict)  # summary.json
-    config: dict[str, Any] = field(default_factory=dict)  # config.toml, as plain TOML
-    records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl
+    name: str = ""
 
     @property
     def status(self) -> str:
-        status = self.info.get("status") or self.summary.get("status") or "unknown"
+        status = _text(self.info.get("status")) or _text(self.summary.get("status")) or "unknown"
         if status == "running" and process_alive(self.info) is False:
             return "interrupted"
         return str(status)
 
     @property
     def steps(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if _num(r.get("loss")) is not None]
+        return [r for r in self.records if finite_number(r.get("loss")) is not None]
 
     @property
     def evals(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if _num(r.get("val_loss")) is not None]
+        return [r for r in self.records if finite_number(r.get("val_loss")) is not None]
 
     def best_eval(self) -> dict[str, Any] | None:
         evals = self.evals
@@ -71,59 +65,56 @@ class Run:
     def row(self) -> dict[str, Any]:
         """The facts `steplab runs` shows (raw numbers; the table formats them)."""
         best = self.best_eval()
-        tps = [v for r in self.steps if (v := _num(r.get("tokens_per_second"))) is not None and v > 0]
-        mem = [v for r in self.steps for k in ("peak_mem_mb", "rss_mb") if (v := _num(r.get(k))) is not None]
+        tps = [
+            v for r in self.steps if (v := finite_number(r.get("tokens_per_second"))) is not None and v > 0
+        ]
+        mem = [
+            v
+            for r in self.steps
+            for k in ("peak_mem_mb", "rss_mb")
+            if (v := finite_number(r.get(k))) is not None
+        ]
+        wall = finite_number(self.last("elapsed_seconds")) or finite_number(self.last("train_seconds"))
         return {
             "name": self.name,
             "path": str(self.path),
-            "preset": self.info.get("preset") or self.config.get("preset"),
-            "optimizer": self.info.get("optimizer") or self.config.get("optim", {}).get("name"),
-            "params": self.info.get("params"),
-            "steps": self.last("step"),
-            "tokens": self.last("tokens"),
-            "train_loss": _num(self.steps[-1]["loss"]) if self.steps else None,
+            "preset": _text(self.info.get("preset") or self.config.get("preset")),
+            "optimizer": _text(self.info.get("optimizer") or _section(self.config, "optim").get("name")),
+            "params": _count(self.info.get("params")),
+            "steps": _count(self.last("step")),
+            "tokens": _count(self.last("tokens")),
+            "train_loss": finite_number(self.steps[-1]["loss"]) if self.steps else None,
             "best_val_loss": best["val_loss"] if best else None,
             "best_step": best["step"] if best else None,
-            "val_bpb": best.get("val_bpb") if best else None,
+            "val_bpb": finite_number(best.get("val_bpb")) if best else None,
             "tokens_per_second": sorted(tps)[len(tps) // 2] if tps else None,  # the median
             "peak_mem_mb": max(mem) if mem else None,
-            "train_seconds": self.last("train_seconds"),
-            "wall_seconds": self.last("elapsed_seconds") or self.last("train_seconds"),
+            "train_seconds": finite_number(self.last("train_seconds")),
+            "wall_seconds": wall,
             "status": self.status,
-            "started": self.info.get("started"),
+            "started": _text(self.info.get("started")),
         }
 
 
-def _num(v: Any) -> float | None:
-    """A finite number, or None ("nan" strings, missing values)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return None
-    return float(v)
+def _text(v: Any) -> str | None:
+    """A string field of a run's files (a damaged one reads as missing)."""
+    return v if isinstance(v, str) else None
 
 
-def is_run(path: Path) -> bool:
-    return any((Path(path) / m).is_file() for m in MARKERS)
+def _count(v: Any) -> int | None:
+    x = finite_number(v)
+    return int(x) if x is not None else None
+
+
+def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    sec = config.get(name)
+    return sec if isinstance(sec, dict) else {}
 
 
 def load_run(path: str | Path, name: str | None = None) -> Run:
     """Read a run directory; a path that holds no run is a `SteplabError`."""
-    p = Path(path)
-    if not p.is_dir():
-        raise SteplabError(f"{p}: no such run directory")
-    if not is_run(p):
-        raise SteplabError(f"{p}: not a steplab run directory (no run.json or metrics.jsonl)")
-    try:
-        config = tomllib.loads((p / "config.toml").read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-        config = {}
-    return Run(
-        path=p,
-        name=name or p.name,
-        info=read_json(p / "run.json"),
-        summary=read_json(p / "summary.json"),
-        config=config,
-        records=read_metrics(p / "metrics.jsonl"),
-    )
+    files = read_run(path)
+    return Run(**vars(files), name=name or files.path.name)
 
 
 def find_runs(root: str | Path) -> list[Path]:

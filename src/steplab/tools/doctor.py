@@ -22,18 +22,15 @@ AdamW-type optimizers, and the evidence is printed so a reader can disagree.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from steplab.errors import SteplabError
 from steplab.figures import smooth
-from steplab.rundir import read_metrics
+from steplab.rundir import is_run, read_number, read_run
 
 SMOOTHING = 0.6  # EMA factor for the loss curves the rules read: light, so trends show early
 
@@ -73,16 +70,6 @@ class History:
         return self.config.get(section, {}).get(key, default)
 
 
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str) and v in ("nan", "inf", "-inf"):
-        return float(v)
-    return None
-
-
 def history(
     records: list[dict[str, Any]], config: dict[str, Any] | None = None, status: str | None = None
 ) -> History:
@@ -90,15 +77,15 @@ def history(
     for r in records:
         if "event" in r:
             h.events.append(r)
-        elif "loss" in r and _num(r["loss"]) is not None:
+        elif "loss" in r and read_number(r["loss"]) is not None:
             h.steps.append(int(r["step"]))
-            h.loss.append(_num(r["loss"]))  # type: ignore[arg-type]
-            h.grad_norm.append(_num(r.get("grad_norm")))
-            h.lr.append(_num(r.get("lr")))
-            h.update_ratio.append(_num(r.get("update_ratio")))
-            h.data_fraction.append(_num(r.get("data_fraction")))
-        elif "val_loss" in r and _num(r["val_loss"]) is not None:
-            h.evals.append((int(r["step"]), _num(r["val_loss"])))  # type: ignore[arg-type]
+            h.loss.append(read_number(r["loss"]))  # type: ignore[arg-type]
+            h.grad_norm.append(read_number(r.get("grad_norm")))
+            h.lr.append(read_number(r.get("lr")))
+            h.update_ratio.append(read_number(r.get("update_ratio")))
+            h.data_fraction.append(read_number(r.get("data_fraction")))
+        elif "val_loss" in r and read_number(r["val_loss"]) is not None:
+            h.evals.append((int(r["step"]), read_number(r["val_loss"])))  # type: ignore[arg-type]
     return h
 
 
@@ -162,8 +149,8 @@ def loss_spikes(h: History) -> list[tuple[int, float, float]]:
     out = {
         int(e["step"]): (
             int(e["step"]),
-            _num(e.get("flagged_loss")) or math.nan,
-            _num(e.get("threshold")) or math.nan,
+            read_number(e.get("flagged_loss")) or math.nan,
+            read_number(e.get("threshold")) or math.nan,
         )
         for e in h.events
         if e.get("reason") == "loss spike"
@@ -392,22 +379,10 @@ def load_history(run_dir: Path) -> History:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SteplabError(f"doctor: {run_dir} is not a run directory")
-    records = read_metrics(run_dir / "metrics.jsonl")
-    if not records:
+    files = read_run(run_dir) if is_run(run_dir) else None
+    if files is None or not files.records:
         raise SteplabError(f"doctor: {run_dir} has no metrics.jsonl records (train first, or check the path)")
-    config: dict[str, Any] = {}
-    if (run_dir / "config.toml").is_file():
-        try:
-            config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-            config = {}
-    status = None
-    if (run_dir / "summary.json").is_file():
-        try:
-            status = json.loads((run_dir / "summary.json").read_text()).get("status")
-        except json.JSONDecodeError:
-            status = None
-    return history(records, config, status)
+    return history(files.records, files.config, files.summary.get("status"))
 
 
 def report(h: History, findings: list[Finding], run: str) -> str:

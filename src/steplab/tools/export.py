@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,8 @@ from steplab.hf.weights import to_hf
 from steplab.model import GPT
 
 __all__ = ["FAMILIES", "ExportError", "export_hf", "export_safetensors", "family_for", "load_safetensors"]
+
+EXPORT_MARKER = "steplab-export.json"  # written last into every export: the files steplab wrote
 
 
 # --- tokenizers ----------------------------------------------------------------------------
@@ -115,6 +114,7 @@ def export_hf(
     sample: str = "",
     provenance: dict[str, Any] | None = None,
     tolerance: float = 1e-3,
+    overwrite: bool = False,
 ) -> Exported:
     """Write `model` and `tok` as a transformers directory, reloaded and checked before it lands.
 
@@ -161,7 +161,7 @@ def export_hf(
                 f"reloading the export; nothing was written to {out} (please report this)"
             )
 
-    _write_atomically(out, write)
+    _write_atomically(out, write, overwrite=overwrite, provenance=provenance)
     return Exported(out=out, family=fam.name, max_abs_diff=diff)
 
 
@@ -180,7 +180,12 @@ def compare_logits(model: GPT, out: Path, *, batch: int = 2, seed: int = 0) -> f
 
 
 def export_safetensors(
-    model: GPT, tok: Tokenizer, out: Path, *, provenance: dict[str, Any] | None = None
+    model: GPT,
+    tok: Tokenizer,
+    out: Path,
+    *,
+    provenance: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Exported:
     """The plain state dict (a tied head stored once, as wte.weight), config.json, tokenizer.json."""
     from steplab.checkpoint import model_state
@@ -190,7 +195,7 @@ def export_safetensors(
         (tmp / "config.json").write_text(json.dumps(_provenance(model.cfg, provenance), indent=1))
         (tmp / "tokenizer.json").write_text(json.dumps(tok.to_json()))
 
-    _write_atomically(out, write)
+    _write_atomically(out, write, overwrite=overwrite, provenance=provenance)
     return Exported(out=out, family="steplab", max_abs_diff=None)
 
 
@@ -224,20 +229,42 @@ def _tokenizer_sample(tok: Tokenizer) -> str:
     return "Hello, world!  naïve café — 東京 🎉\n\tdef f(x):\n    return x ** 2\r\n \x00 end"
 
 
-def _write_atomically(out: Path, write: Callable[[Path], None]) -> None:
-    """Write into a temporary sibling and rename: an interrupted export leaves no half directory."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        write(tmp)
-        if out.is_dir():
-            shutil.rmtree(out)
-        elif out.exists():
-            out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _write_atomically(
+    out: Path,
+    write: Callable[[Path], None],
+    *,
+    overwrite: bool = False,
+    provenance: dict[str, Any] | None = None,
+) -> None:
+    """Write into a temporary sibling and rename: an interrupted export leaves no half directory.
+
+    An existing non-empty `out` is replaced only with `overwrite`, and only when it is an
+    earlier export holding nothing but what steplab wrote (its `EXPORT_MARKER` lists the
+    files); never the source run, a parent of it, the current directory, $HOME or /. When
+    `out` lies inside a steplab run, that run is locked while the export is written.
+    """
+    from steplab.atomic import write_dir
+    from steplab.rundir import enclosing_run, locked_run
+
+    out = Path(out)
+    source = Path(provenance["run"]) if provenance and provenance.get("run") else None
+    check_out(out, overwrite=overwrite, source=source)
+    with locked_run(enclosing_run(out)):
+        write_dir(out, write, replace=True, marker=EXPORT_MARKER, what="write the export")
+
+
+def check_out(out: Path, *, overwrite: bool, source: Path | None = None) -> None:
+    """Refuse an `out` the export may not replace (see `_write_atomically`); touches nothing."""
+    from steplab.atomic import check_replaceable
+
+    out = Path(out)
+    occupied = out.exists() and not (out.is_dir() and not out.is_symlink() and not any(out.iterdir()))
+    if occupied and not overwrite:
+        raise ExportError(
+            f"--out {out} exists and is not empty (pass --overwrite to replace an earlier export)"
+        )
+    if occupied:
+        check_replaceable(out, marker=EXPORT_MARKER, flag="--out", reads=[source] if source else [])
 
 
 # --- the command ---------------------------------------------------------------------------

@@ -7,13 +7,12 @@ Everything here is rebuilt from the run directories alone (``summary.json`` and
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steplab.rundir import read_json, read_metrics
+from steplab.rundir import finite_number, read_json, read_metrics
 from steplab.stats import mean_std, welch_t_test
 
 ALPHA = 0.05  # significance level of "worse than the best"
@@ -39,10 +38,7 @@ class RunResult:
     optimizer_state_mb: float | None = None
 
 
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return None
-    return float(v)
+_num = finite_number  # a stored number that is finite, else None (damaged values read as missing)
 
 
 def peak_memory(
@@ -68,17 +64,20 @@ def read_run(
     """A run's result from its summary.json and metrics.jsonl alone."""
     summary = read_json(run_dir / "summary.json")
     records = read_metrics(run_dir / "metrics.jsonl")
-    res = RunResult(label, seed, str(run_dir), summary.get("status", "missing"), lr, lr_source)
+    res = RunResult(label, seed, str(run_dir), str(summary.get("status", "missing")), lr, lr_source)
     res.val_loss = _num(summary.get("val_loss"))
-    res.steps, res.tokens = int(summary.get("step", 0)), int(summary.get("tokens", 0))
-    res.train_seconds = float(summary.get("train_seconds", 0.0))
+    res.steps, res.tokens = int(_num(summary.get("step")) or 0), int(_num(summary.get("tokens")) or 0)
+    res.train_seconds = _num(summary.get("train_seconds")) or 0.0
     if res.train_seconds > 0:
         res.tokens_per_second = res.tokens / res.train_seconds
     if target is not None:
         for r in records:
             loss = _num(r.get("val_loss"))
             if loss is not None and loss <= target:
-                res.seconds_to_target, res.tokens_to_target = float(r["train_seconds"]), int(r["tokens"])
+                res.seconds_to_target, res.tokens_to_target = (
+                    _num(r.get("train_seconds")),
+                    int(_num(r.get("tokens")) or 0),
+                )
                 break
     res.peak_mem_mb, res.mem_kind = peak_memory(summary, records)
     res.optimizer_state_mb = _num(summary.get("optimizer_state_mb"))

@@ -20,6 +20,7 @@ from steplab.config import RunConfig
 from steplab.loop.fit import train
 from steplab.loop.hooks import Callback
 from steplab.loop.session import Session
+from steplab.rundir import is_steplab_run
 from steplab.tools.tune.space import Param, apply, optuna_module, suggest_params
 from steplab.tools.tune.workers import Stopper, worker_id
 
@@ -92,7 +93,7 @@ class Objective:
             trial.set_user_attr("failure", f"{type(e).__name__}: {e}"[:500])
             raise
         finally:
-            if not self.keep_checkpoints:
+            if not self.keep_checkpoints and is_steplab_run(run_dir):  # never a folder steplab did not make
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("steps", result.state.step)

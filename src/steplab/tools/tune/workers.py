@@ -20,38 +20,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from steplab.locks import process_alive, process_start
 from steplab.tools.tune.space import optuna_module
 
 
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (Linux), '' elsewhere: with the pid
-    it names a process even after the pid is reused."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
 def worker_id(pid: int | None = None) -> str:
+    """host:pid:start-time of a worker process (with the pid it names a process even after the pid is reused)."""
     pid = pid or os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+    return f"{socket.gethostname()}:{pid}:{process_start(pid) or ''}"
 
 
 def worker_alive(wid: str) -> bool:
-    """False only when `wid` is a worker on this host that no longer exists."""
+    """False only when `wid` is a worker on this host that no longer exists (`steplab.locks.process_alive`)."""
     host, _, rest = wid.partition(":")
     pid_s, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid_s.isdigit():
-        return True  # another machine: its storage's heartbeat (RDB) or its owner decides
-    pid = int(pid_s)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _start_time(pid) == started
+    if not pid_s.isdigit():
+        return True  # not ours to judge
+    info = {"pid": int(pid_s), "host": host, "pid_start": int(started) if started.isdigit() else None}
+    return (
+        process_alive(info) is not False
+    )  # another machine: its storage's heartbeat (RDB) or its owner decides
 
 
 def recover_dead_trials(study: Any) -> list[int]:
