@@ -22,6 +22,7 @@ import errno
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -134,8 +135,8 @@ def write_file(path: str | Path, data: str | bytes, *, what: str = "write") -> N
     raw = data.encode("utf-8") if isinstance(data, str) else data
     tmp: Path | None = None
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-        tmp = Path(name)
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()
@@ -151,6 +152,42 @@ def write_file(path: str | Path, data: str | bytes, *, what: str = "write") -> N
                 tmp.unlink()
 
 
+@contextlib.contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """`with replacing(out) as tmp: fig.savefig(tmp)`: write to a temporary beside `path` (same
+    suffix, so writers that choose the format by it still do), renamed onto `path` when the
+    block succeeds and removed when it fails (an I/O failure becomes a `StorageError`)."""
+    path = Path(path)
+    tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}"
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except Exception as e:
+        err = io_error("write", path, e)
+        if err is None:
+            raise
+        raise err from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def umask() -> int:
+    """This process's umask (read from /proc where possible: setting it to read it is racy)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
 def write_json(path: str | Path, obj: Any, *, indent: int | None = 1) -> None:
     write_file(path, json.dumps(obj, indent=indent, default=str))
 
@@ -161,6 +198,7 @@ def staging_dir(final: Path, *, prefix: str | None = None) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=prefix or f".{final.name}.tmp-"))
     try:
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; the result is an ordinary directory
         yield tmp
     finally:
         if tmp.exists():

@@ -29,7 +29,7 @@ from typing import Any
 
 import tomllib
 
-from steplab.atomic import io_error, remove_leftovers, write_file
+from steplab.atomic import io_error, leftovers, remove_leftovers, write_file
 from steplab.errors import SteplabError
 from steplab.locks import LOCK_NAME, Lock, dir_lock, process_alive, process_identity
 
@@ -37,6 +37,7 @@ FORMAT = "steplab-run"  # run.json's "format": this directory was made by stepla
 MARKERS = ("run.json", "metrics.jsonl")  # a directory holding either is shown as a run
 OWN_FILES = ("checkpoints", "metrics.jsonl", "tb", "summary.json", "run.json")  # what --overwrite removes
 OWN_PATTERNS = ("events.out.tfevents.*.steplab",)  # TensorBoard events (steplab.trackers), and no others
+ATOMIC_FILES = ("run.json", "config.toml", "tokenizer.json", "summary.json")  # replaced whole when written
 
 __all__ = ["process_alive", "process_identity"]  # liveness lives in steplab.locks; re-exported
 
@@ -296,7 +297,7 @@ def locked_run(run: Path | None) -> Iterator[None]:
 def named_run_dir(root: str | Path, name: str, *, flag: str = "--name") -> Path:
     """`root/name`, refusing a name that leaves `root` (absolute, ``..``, empty)."""
     parts = PurePath(name).parts
-    if not name.strip() or PurePath(name).is_absolute() or ".." in parts or name.startswith("~"):
+    if not parts or PurePath(name).is_absolute() or ".." in parts or name.startswith("~"):
         raise SteplabError(
             f"{flag} {name!r} must be a relative name inside {root}/ (no '..', no absolute path); "
             "use --run-dir for another location"
@@ -305,10 +306,9 @@ def named_run_dir(root: str | Path, name: str, *, flag: str = "--name") -> Path:
 
 
 def _foreign_entries(run_dir: Path) -> list[str]:
-    """What a directory holds besides steplab's own lock and temporaries."""
-    return sorted(
-        p.name for p in run_dir.iterdir() if p.name != LOCK_NAME and not p.name.startswith(".run.json.tmp-")
-    )
+    """What a directory holds besides steplab's own lock and the temporaries of its atomic writes."""
+    ours = {LOCK_NAME} | {t.name for name in ATOMIC_FILES for t in leftovers(run_dir, name)}
+    return sorted(p.name for p in run_dir.iterdir() if p.name not in ours)
 
 
 def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -409,7 +409,8 @@ class RunDir:
                 elif p.exists() or p.is_symlink():
                     p.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(self.path)
+        for name in ATOMIC_FILES:  # what a killed write of these left (never another file)
+            remove_leftovers(self.path, name)
         self.update_info(format=FORMAT, **({} if resume else {"status": "starting"}))
 
     def write_config(self, toml_text: str) -> None:

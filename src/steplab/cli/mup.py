@@ -9,6 +9,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Literal
 
+from steplab.atomic import write_file
 from steplab.cli.options import Command, ConfigOptions
 from steplab.cli.tuning import resolve_auto_lr
 from steplab.config import RunConfig, dump_toml, load_toml, opt
@@ -52,8 +53,8 @@ def cmd_coord_check(opts: CoordCheckOptions, cfg: RunConfig) -> int:
     )
     out.mkdir(parents=True, exist_ok=True)
     plot_coord_checks(checks, out / "coord_check.png")
-    (out / "coord_check.json").write_text(
-        json.dumps([{**c.__dict__, "slopes": slopes(c)} for c in checks], indent=1)
+    write_file(
+        out / "coord_check.json", json.dumps([{**c.__dict__, "slopes": slopes(c)} for c in checks], indent=1)
     )
     print(f"wrote {out / 'coord_check.png'} and {out / 'coord_check.json'}")
     return 0
@@ -86,7 +87,7 @@ def cmd_transfer(opts: TransferOptions) -> int:
     for k in after:
         print(f"  {k:7s} lr {before.get(k, float('nan')):.3g} -> {after[k]:.3g}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# steplab transfer --from {src} --width {opts.width}\n" + dump_toml(new))
+    write_file(out, f"# steplab transfer --from {src} --width {opts.width}\n" + dump_toml(new))
     print(f"wrote {out}   next: steplab train --config {out}")
     return 0
 

@@ -13,6 +13,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from steplab.atomic import write_file
 from steplab.cli.options import CHECKPOINTS, Command, ConfigOptions
 from steplab.config import SECTIONS, RunConfig, dump_toml, opt
 from steplab.errors import SteplabError
@@ -123,7 +124,7 @@ def cmd_batch_find(opts: BatchFindOptions, cfg: RunConfig) -> int:
     print_batch_find(res, opts)
     if opts.out:
         Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.out).write_text(json.dumps(res.to_json(), indent=1, default=str))
+        write_file(opts.out, json.dumps(res.to_json(), indent=1, default=str))
         print(f"wrote {opts.out}")
     return 0
 

@@ -141,7 +141,7 @@ def _build_locked(
 ) -> dict[str, Any]:
     """Build the cache holding its lock; a process that waited for the lock reuses what was built."""
     where = "the token cache in " + str(cache.parent)
-    advice = " (or set --data.cache-dir / STEPLAB_CACHE to another directory)"
+    advice = "; or point --data.cache-dir (or STEPLAB_CACHE) at another directory"
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with locked(cache.parent / f".{cache.name}.lock", what=f"token cache {cache}", wait=True):

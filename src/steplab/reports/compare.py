@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from steplab import __version__
+from steplab.atomic import write_file
 from steplab.progress import plural
 from steplab.reports.document import Section, Table, render_markdown
 from steplab.reports.labels import variant_label
@@ -168,7 +169,7 @@ def write_report(c: Comparison, *, command: str = "steplab compare") -> dict[str
     ]
     meta = f"written {time.strftime('%Y-%m-%d %H:%M:%S %z')} by steplab {__version__} in {c.out}"
     md = c.out / "compare.md"
-    md.write_text(render_markdown("steplab compare", sections, meta, c.out), encoding="utf-8")
+    write_file(md, render_markdown("steplab compare", sections, meta, c.out))
     results = {
         "command": command,
         "target_loss": c.target,
@@ -179,5 +180,5 @@ def write_report(c: Comparison, *, command: str = "steplab compare") -> dict[str
         ],
     }
     js = c.out / "results.json"
-    js.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    write_file(js, json.dumps(results, indent=1))
     return {"markdown": md, "results": js, **{p.stem: p for p in images}}

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steplab.atomic import replacing
 from steplab.errors import SteplabError
 from steplab.figures import colors_for, pyplot, sane_limits, smooth, smoothing_for
 from steplab.rundir import read_metrics
@@ -141,7 +142,8 @@ def loss_curves(
     if plotted:
         ax.legend(handles=_legend_handles(style, records, alphas), fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    with replacing(out) as tmp:  # a full disk leaves no half-written picture
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return plotted
 
@@ -328,7 +330,8 @@ def dashboard(
     )
     legend_height = 0.25 * -(-len(handles) // ncol) + 0.05
     fig.tight_layout(rect=(0, 0, 1, 1 - (head + legend_height) / height))
-    fig.savefig(out, dpi=100)
+    with replacing(out) as tmp:  # a full disk leaves no half-written picture
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return plotted
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from steplab import __version__
+from steplab.atomic import write_file
 from steplab.config import flatten
 from steplab.errors import SteplabError
 from steplab.progress import ProgressView, plural, working
@@ -282,7 +283,7 @@ def build_report(
         finally:
             view.close()
     parts.append(environment_section(rs))
-    out.write_text(render_html(title, parts, meta), encoding="utf-8")
+    write_file(out, render_html(title, parts, meta))  # atomic: a full disk leaves the old report
     md = out.with_suffix(".md")
-    md.write_text(render_markdown(title, parts, meta, out.parent), encoding="utf-8")
+    write_file(md, render_markdown(title, parts, meta, out.parent))
     return Report(html=out, markdown=md, sections=parts)

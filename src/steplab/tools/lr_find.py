@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from steplab.atomic import replacing, write_file
 from steplab.config import RunConfig
 from steplab.errors import SteplabError
 from steplab.figures import smooth
@@ -243,7 +244,7 @@ def write_result(res: LRFindResult, out_dir: Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     js = out_dir / "lr_find.json"
-    js.write_text(json.dumps(res.to_json(), indent=1, default=_nan_to_str))
+    write_file(js, json.dumps(res.to_json(), indent=1, default=_nan_to_str))
     png = out_dir / "lr_find.png"
     plot(res, png)
     return js, png
@@ -277,5 +278,6 @@ def plot(res: LRFindResult, out: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with replacing(out) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from steplab.atomic import replacing
 from steplab.config import RunConfig
 from steplab.data.cache import TokenData
 from steplab.errors import ConfigError, SteplabError
@@ -188,7 +189,8 @@ def plot_coord_checks(checks: Sequence[CoordCheck], out: Path) -> None:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with replacing(out) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 

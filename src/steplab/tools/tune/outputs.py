@@ -10,6 +10,7 @@ from typing import Any
 
 import tomllib
 
+from steplab.atomic import replacing, write_file
 from steplab.config import dump_toml
 from steplab.tools.tune.space import apply, optuna_module
 from steplab.tools.tune.study import TuneSpec
@@ -71,15 +72,16 @@ def write_outputs(study: Any, spec: TuneSpec) -> dict[str, Path]:
         for t in study.get_trials(deepcopy=False)
     ]
     written["trials"] = out_dir / "trials.json"
-    written["trials"].write_text(json.dumps(rows, indent=1, default=str))
+    write_file(written["trials"], json.dumps(rows, indent=1, default=str))
     best = best_trials(study, 1)
     if not best:
         return written
     cfg = apply(from_dict(tomllib.loads(spec.base_toml)), best[0].params)
     written["best"] = out_dir / "best.toml"
-    written["best"].write_text(
+    write_file(
+        written["best"],
         f"# steplab tune: best of study {study.study_name!r}, trial {best[0].number}, "
-        f"val_loss {best[0].value:.4f}\n" + dump_toml(cfg)
+        f"val_loss {best[0].value:.4f}\n" + dump_toml(cfg),
     )
     written.update(_plots(study, out_dir))
     return written
@@ -106,7 +108,8 @@ def _plots(study: Any, out_dir: Path) -> dict[str, Path]:
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             path = out_dir / f"{name}.png"
             fig.tight_layout()
-            fig.savefig(path, dpi=110)
+            with replacing(path) as tmp:
+                fig.savefig(tmp, dpi=110)
             plt.close(fig)
             out[name] = path
     return out

@@ -19,6 +19,7 @@ from typing import Any
 
 import tomllib
 
+from steplab.atomic import write_file
 from steplab.errors import ConfigError
 from steplab.tools.tune.objective import Objective
 from steplab.tools.tune.space import Param, optuna_module
@@ -149,7 +150,7 @@ def run_study(spec: TuneSpec, *, quiet: bool = False, poll: float = 2.0) -> Any:
         warnings.warn(
             f"{base_path}: the base config differs from the one this study started with", stacklevel=2
         )
-    base_path.write_text(spec.base_toml)
+    write_file(base_path, spec.base_toml)
     _prepare_data(spec, progress=not quiet)
     watch = TrialWatch(spec.trials, enabled=not quiet, study=study)
     try:
