@@ -82,6 +82,7 @@ def test_checkpoint_holds_everything_the_next_step_needs(trained: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bit-flip", "manifest-missing"])
+@pytest.mark.reliability(group="damaged artefact", faults=1)
 def test_damaged_newest_checkpoint_is_skipped_with_a_warning(
     run: Path, capsys: pytest.CaptureFixture[str], damage: str
 ) -> None:
@@ -105,6 +106,7 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning(
     assert steps == sorted(set(steps)) and steps[-1] == 55
 
 
+@pytest.mark.reliability(group="damaged artefact", faults=1)
 def test_every_checkpoint_damaged_is_one_line_exit_2(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for step in ckpt.list_steps(run / "checkpoints"):
         (step_dir(run, step) / "state.json").write_text("{}")
@@ -147,6 +149,7 @@ def plant(path: Path, name: str, marker: Path, *, fix_manifest: bool) -> None:
     ],
     ids=["consistent-manifest", "stale-manifest", "extra-file"],
 )
+@pytest.mark.reliability(group="damaged artefact", faults=1)
 def test_malicious_pickle_is_refused_without_running(
     run: Path, tmp_path: Path, name: str, fix_manifest: bool, message: str
 ) -> None:
@@ -264,6 +267,7 @@ def test_saving_the_same_step_twice_replaces_it_atomically(tmp_path: Path) -> No
     ckpt.verify(tmp_path / "checkpoints" / "step_00000007")
 
 
+@pytest.mark.reliability(group="damaged artefact", faults=1)
 def test_manifest_cannot_point_outside_the_checkpoint(run: Path) -> None:
     path = step_dir(run, 50)
     manifest = json.loads((path / "manifest.json").read_text())

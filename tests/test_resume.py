@@ -186,6 +186,7 @@ def cache_flag(factory: pytest.TempPathFactory) -> list[str]:
     return ["--data.cache-dir", str(factory.getbasetemp() / "steplab-cache")]
 
 
+@pytest.mark.reliability(group="kill -9", faults=6, kills=6)
 def test_sigkill_at_random_points_resumes_bitwise(tmp_path: Path, reference: Path) -> None:
     seed = int(os.environ.get("STEPLAB_KILL_SEED", "2024"))
     rng = random.Random(seed)
@@ -271,6 +272,7 @@ def test_resume_before_the_first_checkpoint_starts_over(tmp_path: Path, referenc
 
 
 @pytest.mark.slow
+@pytest.mark.reliability(group="kill -9", faults=1, kills=1)
 def test_real_command_killed_from_outside_resumes_bitwise(tmp_path: Path) -> None:
     """`python -m steplab train` killed with SIGKILL by another process once it has logged a few steps."""
     import time

@@ -60,6 +60,18 @@ def prepare(data_cfg: DataConfig, tok_cfg: TokenizerConfig, *, progress: bool = 
     then reuses it), and verified on every use: a truncated or altered ``tokens.bin`` is
     rebuilt with a warning, never trained on.
     """
+    cache, settings = cache_dir(data_cfg, tok_cfg)
+    meta = _verified_meta(cache, warn=True) if cache.exists() else None
+    if meta is None:
+        meta = _build_locked(data_cfg, tok_cfg, cache, settings, progress=progress)
+    tokens = np.memmap(cache / "tokens.bin", dtype=np.dtype(meta["dtype"]), mode="r", shape=(meta["tokens"],))
+    tokenizer = from_json(json.loads((cache / "tokenizer.json").read_text()))
+    n_val = meta["val_tokens"]
+    return TokenData(train=tokens[:-n_val], val=tokens[-n_val:], tokenizer=tokenizer, meta=meta)
+
+
+def cache_dir(data_cfg: DataConfig, tok_cfg: TokenizerConfig) -> tuple[Path, dict[str, Any]]:
+    """The cache directory of this corpus and these settings (keyed by both), and the settings."""
     key_src = source_hash(data_cfg)
     settings = {
         "version": CACHE_VERSION,
@@ -74,14 +86,7 @@ def prepare(data_cfg: DataConfig, tok_cfg: TokenizerConfig, *, progress: bool = 
     if tok_cfg.kind == "pretrained":  # keyed by the file's content, not its name
         settings["tokenizer_file"] = _file_sha256(tok_cfg.path or "")
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
-    cache = cache_root(data_cfg) / "tokens" / key
-    meta = _verified_meta(cache, warn=True) if cache.exists() else None
-    if meta is None:
-        meta = _build_locked(data_cfg, tok_cfg, cache, settings, progress=progress)
-    tokens = np.memmap(cache / "tokens.bin", dtype=np.dtype(meta["dtype"]), mode="r", shape=(meta["tokens"],))
-    tokenizer = from_json(json.loads((cache / "tokenizer.json").read_text()))
-    n_val = meta["val_tokens"]
-    return TokenData(train=tokens[:-n_val], val=tokens[-n_val:], tokenizer=tokenizer, meta=meta)
+    return cache_root(data_cfg) / "tokens" / key, settings
 
 
 def _file_sha256(path: str) -> str:
