@@ -24,6 +24,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
+GROUPS = [
+    "data loss",
+    "concurrency",
+    "I/O fault",
+    "destination",
+    "damaged artefact",
+    "damaged input",
+    "kill -9",
+    "size",
+]
 BEGIN, END = "<!-- cases:begin (benchmarks/reliability_cases.py) -->", "<!-- cases:end -->"
 
 
@@ -77,26 +87,30 @@ class Collector:
 
 def table(cases: list[Case]) -> str:
     rows = ["| group | case | held / tried | test |", "|---|---|---|---|"]
-    for c in sorted(cases, key=lambda c: (c.group, c.where)):
+    order = {g: i for i, g in enumerate(GROUPS)}
+    for c in sorted(cases, key=lambda c: (order.get(c.group, len(GROUPS)), c.group, c.where)):
         held = sum(o == "passed" for o in c.outcomes.values())
         skipped = sum(o == "skipped" for o in c.outcomes.values())
         failed = [p or "-" for p, o in c.outcomes.items() if o == "failed"]
         note = (f"; {skipped} skipped" if skipped else "") + (
             f"; **failed: {', '.join(failed)}**" if failed else ""
         )
-        rows.append(f"| {c.group} | {c.doc} | {held} / {len(c.outcomes)}{note} | `{c.where}` |")
+        rows.append(
+            f"| {c.group} | {c.doc[:1].upper() + c.doc[1:]} | {held} / {len(c.outcomes)}{note} | `{c.where}` |"
+        )
     tried = sum(len(c.outcomes) for c in cases)
     held = sum(o == "passed" for c in cases for o in c.outcomes.values())
     skipped = sum(o == "skipped" for c in cases for o in c.outcomes.values())
     faults = sum(c.faults * sum(o == "passed" for o in c.outcomes.values()) for c in cases)
     kills = sum(c.kills * sum(o == "passed" for o in c.outcomes.values()) for c in cases)
+    order = {g: i for i, g in enumerate(GROUPS)}
     by_group: dict[str, int] = defaultdict(int)
     for c in cases:
         by_group[c.group] += len(c.outcomes)
     summary = (
         f"**{held} of {tried} cases held**" + (f" ({skipped} skipped)" if skipped else "")
         + f"; {faults} real faults injected; {kills} SIGKILL points survived. "
-        + "Cases per group: " + ", ".join(f"{g} {n}" for g, n in sorted(by_group.items())) + "."
+        + "Cases per group: " + ", ".join(f"{g} {n}" for g, n in sorted(by_group.items(), key=lambda kv: order.get(kv[0], 99))) + "."
     )  # fmt: skip
     return summary + "\n\n" + "\n".join(rows)
 

@@ -258,9 +258,10 @@ def _best_step(root: Path) -> int | None:
     for s in reversed(list_steps(root)):
         try:
             st = json.loads((root / f"{PREFIX}{s:08d}" / "state.json").read_text())
-            return st.get("best_step")
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             continue
+        best = st.get("best_step") if isinstance(st, dict) else None
+        return best if isinstance(best, int) and not isinstance(best, bool) else None
     return None
 
 
