@@ -25,6 +25,7 @@ COMMANDS: dict[str, Argv] = {
     "plot": lambda run, d: ["plot", str(run), "--out", str(d / "plot.png"), "--quiet"],
     "report": lambda run, d: ["report", str(run), "--out", str(d / "report.html"), "--samples", "0", "--quiet"],
     "lr-find": lambda run, d: ["lr-find", *TINY, "--steps", "12", "--lr-min", "1e-3", "--lr-max", "3", "--out", str(d / "lr-find")],
+    "auto": lambda run, d: ["auto", "--budget", "20s", "--quiet", "--run-dir", str(d / "auto")],
     "batch-find": lambda run, d: [
         "batch-find", *TINY, "--warmup-steps", "1", "--rounds", "2", "--micro-batches", "2", "--out", str(d / "bf.json")
     ],
@@ -33,11 +34,11 @@ COMMANDS: dict[str, Argv] = {
     ],
     "transfer": lambda run, d: ["transfer", "--from", str(run / "config.toml"), "--width", "64", "--out", str(d / "t.toml")],
     "tune": lambda run, d: [
-        "tune", *TINY, "--space", str(run.parent / "space.toml"), "--trials", "1", "--budget-steps", "2",
+        "tune", *TINY, "--space", str(run.parent / "space.toml"), "--trials", "1", "--train.max-steps", "2",
         "--dir", str(d / "study"), "--quiet",
     ],
     "compare": lambda run, d: [
-        "compare", *TINY, "--vary", "optim.name=adamw,sgd", "--budget-steps", "2", "--out", str(d / "cmp"), "--quiet"
+        "compare", *TINY, "--vary", "optim.name=adamw,sgd", "--train.max-steps", "2", "--out", str(d / "cmp"), "--quiet"
     ],
 }  # fmt: skip
 

@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from steplab.config import INT_LIMIT, ModelConfig, RunConfig, coerce, exact_int
+from steplab.config import ModelConfig, RunConfig, coerce
+from steplab.config.schema import INT_LIMIT, exact_int
 from steplab.errors import ConfigError
 from steplab.model import GPT, count_params
 from steplab.optim import build_optimizer, state_bytes

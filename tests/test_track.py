@@ -115,12 +115,13 @@ def test_tensorboard_follows_the_records_a_resume_keeps(tmp_path: Path) -> None:
 def test_overwrite_removes_steplab_events_and_no_others(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     run = tmp_path / "r"
+    prepare_run_dir(run, resume=False, overwrite=False)  # a steplab run (its run.json marks it)
     log = MetricsLog(run / "metrics.jsonl")
     log.write({"step": 1, "loss": 2.0})
     log.close()
     (run / "events.out.tfevents.1.host.mine").write_bytes(b"not steplab's")
     prepare_run_dir(run, resume=False, overwrite=True)
-    assert sorted(p.name for p in run.iterdir()) == ["events.out.tfevents.1.host.mine"]
+    assert sorted(p.name for p in run.iterdir()) == ["events.out.tfevents.1.host.mine", "run.json"]
 
 
 def test_tensorboard_without_the_extra_warns_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -321,17 +321,26 @@ def load(path: Path, *, with_optimizer: bool = True, whole: bool = True) -> Load
 
 def check_structure(path: Path, optimizer: Any, rng: Any) -> None:
     """Refuse optimizer and RNG files that unpickled safely but are not what steplab writes."""
-    if optimizer is not None and not (
-        isinstance(optimizer, dict)
-        and isinstance(optimizer.get("state"), dict)
-        and isinstance(optimizer.get("param_groups"), list)
-        and all(isinstance(g, dict) for g in optimizer["param_groups"])
-    ):
+    if optimizer is not None and not is_optimizer_state(optimizer):
         raise CheckpointError(
             f"{path}: optimizer.pt is not an optimizer state (damaged or foreign checkpoint)"
         )
     if rng is not None and not is_rng_state(rng):
         raise CheckpointError(f"{path}: rng.pt is not a set of RNG states (damaged or foreign checkpoint)")
+
+
+def is_optimizer_state(sd: Any) -> bool:
+    """A torch optimizer's state dict (state, param_groups), or a chain of them (`steplab.optim.chain`)."""
+    if not isinstance(sd, dict):
+        return False
+    if "chain" in sd:
+        return isinstance(sd["chain"], list) and all(is_optimizer_state(part) for part in sd["chain"])
+    groups = sd.get("param_groups")
+    return (
+        isinstance(sd.get("state"), dict)
+        and isinstance(groups, list)
+        and all(isinstance(g, dict) for g in groups)
+    )
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:

@@ -119,12 +119,15 @@ def _is_event(line: bytes) -> bool:
 
 
 def is_steplab_run(path: str | Path) -> bool:
-    """Whether `path` was made by steplab train: its run.json says so (or names the writing
-    process, as runs made before the marker do), or it holds a checkpoint with its manifest."""
+    """Whether `path` was made by steplab: its run.json says so (or names the writing process,
+    as runs made before the marker do), it is a `steplab auto` directory (its auto.json), or
+    it holds a checkpoint with its manifest."""
     path = Path(path)
     info = read_json(path / "run.json")
     if info.get("format") == FORMAT or {"status", "pid"} <= info.keys():
         return True
+    if {"budget", "decisions", "version"} <= read_json(path / "auto.json").keys():
+        return True  # a `steplab auto` directory: its final run trains there
     return any((c / "manifest.json").is_file() for c in (path / "checkpoints").glob("step_*"))
 
 

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from steplab.atomic import replacing
 from steplab.auto.context import Context, Proxy
 from steplab.auto.scaling import Candidate, Fit, Point, compute_optimal_size, fit_scaling_law
 from steplab.auto.space import DEPTH, MIN_STEPS, WIDTHS, at_width, shape_name
@@ -222,6 +223,7 @@ def plot_fit(
     ax.legend(fontsize=7)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    with replacing(out) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return out

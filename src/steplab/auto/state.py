@@ -8,11 +8,11 @@ any of them: the search continues from the first decision not yet taken.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steplab.atomic import write_file
 from steplab.errors import SteplabError
 
 VERSION = 1
@@ -58,10 +58,7 @@ class AutoState:
 
     def save(self, run_dir: Path) -> None:
         """Write atomically: a kill mid-write leaves the previous state."""
-        path = Path(run_dir) / STATE_FILE
-        tmp = path.with_name(f".{STATE_FILE}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(self), indent=1, default=str))
-        os.replace(tmp, path)
+        write_file(Path(run_dir) / STATE_FILE, json.dumps(asdict(self), indent=1, default=str))
 
     @classmethod
     def load(cls, run_dir: Path) -> AutoState:

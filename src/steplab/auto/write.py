@@ -13,6 +13,7 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from steplab.atomic import write_file
 from steplab.auto.budget import fmt_seconds
 from steplab.auto.state import Decision
 from steplab.config import dump_toml
@@ -76,7 +77,7 @@ def write_best_toml(ctx: Context) -> Path:
         f"# steplab auto ({ctx.budget.describe()}): the final run's config, its budget as the\n"
         f"# {steps} steps it trained. Replay: steplab train --config {path}\n"
     )
-    path.write_text(head + dump_toml(cfg))
+    write_file(path, head + dump_toml(cfg))
     return path
 
 
@@ -85,8 +86,9 @@ def write_outputs(ctx: Context) -> None:
     sections = [summary_section(ctx)] + [
         decision_section(i, d, ctx.out) for i, d in enumerate(ctx.state.decisions, 1)
     ]
-    (ctx.out / "decisions.md").write_text(
-        render_markdown("steplab auto: decisions", sections, f"run directory {ctx.out}", ctx.out)
+    write_file(
+        ctx.out / "decisions.md",
+        render_markdown("steplab auto: decisions", sections, f"run directory {ctx.out}", ctx.out),
     )
     if (ctx.out / "metrics.jsonl").exists():
         build_report(
