@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
+from steplab.atomic import write_file
 from steplab.config import TrainConfig
-from steplab.errors import ConfigError
+from steplab.errors import ConfigError, StorageError
+from steplab.locks import Lock
 
 # Dense bf16 peak FLOP/s for MFU, by substring of the CUDA device name (no sparsity).
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
@@ -190,11 +192,8 @@ def _cached_peak(device: torch.device, dtype: torch.dtype) -> float:
             return float(known[key])
         value = measure_peak_flops(device, dtype)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**_read_json(path), key: value}, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, path)
-        except OSError:
+            write_file(path, json.dumps({**_read_json(path), key: value}, indent=1, sort_keys=True) + "\n")
+        except StorageError:
             pass
     return value
 
@@ -209,18 +208,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `path` where the platform and the directory allow one."""
+    """`steplab.locks` on `path`, waiting for the holder; none where the directory cannot be written."""
     try:
-        import fcntl
-
         path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a")  # noqa: SIM115 - held for the duration of the block
-    except (ImportError, OSError):
+        lock = Lock(path, what=f"the peak FLOP/s cache {path.parent}").acquire(wait=True)
+    except OSError:
         yield
         return
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def git_sha() -> str | None:
