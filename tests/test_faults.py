@@ -38,10 +38,12 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def one_line(err: str) -> str:
-    """The single error line of a failed command (and that there is only one, and no traceback)."""
-    lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
+    """The single error line of a failed command: only one, the last (after any progress the
+    command printed before the fault), and no traceback."""
+    lines = err.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
+    return errors[0]
 
 
 @contextmanager
