@@ -85,6 +85,12 @@ class Collector:
             outcomes[param] = "skipped" if report.skipped else ("passed" if report.passed else "failed")
 
 
+def _sentence(doc: str) -> str:
+    """Capitalised, unless it starts with a name from the code (n_layer, --name, `cmd`)."""
+    first = doc.split(" ", 1)[0]
+    return doc if any(c in first for c in "_-`.") else doc[:1].upper() + doc[1:]
+
+
 def table(cases: list[Case]) -> str:
     rows = ["| group | case | held / tried | test |", "|---|---|---|---|"]
     order = {g: i for i, g in enumerate(GROUPS)}
@@ -95,9 +101,7 @@ def table(cases: list[Case]) -> str:
         note = (f"; {skipped} skipped" if skipped else "") + (
             f"; **failed: {', '.join(failed)}**" if failed else ""
         )
-        rows.append(
-            f"| {c.group} | {c.doc[:1].upper() + c.doc[1:]} | {held} / {len(c.outcomes)}{note} | `{c.where}` |"
-        )
+        rows.append(f"| {c.group} | {_sentence(c.doc)} | {held} / {len(c.outcomes)}{note} | `{c.where}` |")
     tried = sum(len(c.outcomes) for c in cases)
     held = sum(o == "passed" for c in cases for o in c.outcomes.values())
     skipped = sum(o == "skipped" for c in cases for o in c.outcomes.values())
