@@ -38,11 +38,11 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from steplab.atomic import describe, os_error_of, publish, staging_dir
-from steplab.checkpoint_checks import check_weights, checked_state, model_differences
+from steplab.checkpoint_checks import check_structure, check_weights, checked_state, model_differences
 from steplab.config import RunConfig, dump_toml, load_toml
 from steplab.data.tokenizer import Tokenizer, from_json
 from steplab.errors import CheckpointError
-from steplab.rng import is_rng_state, rng_state, set_rng_state
+from steplab.rng import rng_state, set_rng_state
 
 PREFIX = "step_"
 
@@ -316,30 +316,6 @@ def load(path: Path, *, with_optimizer: bool = True, whole: bool = True) -> Load
         ) from None
     return Loaded(
         path=path, cfg=cfg, tokenizer=tokenizer, weights=weights, state=state, optimizer=opt, rng=rng
-    )
-
-
-def check_structure(path: Path, optimizer: Any, rng: Any) -> None:
-    """Refuse optimizer and RNG files that unpickled safely but are not what steplab writes."""
-    if optimizer is not None and not is_optimizer_state(optimizer):
-        raise CheckpointError(
-            f"{path}: optimizer.pt is not an optimizer state (damaged or foreign checkpoint)"
-        )
-    if rng is not None and not is_rng_state(rng):
-        raise CheckpointError(f"{path}: rng.pt is not a set of RNG states (damaged or foreign checkpoint)")
-
-
-def is_optimizer_state(sd: Any) -> bool:
-    """A torch optimizer's state dict (state, param_groups), or a chain of them (`steplab.optim.chain`)."""
-    if not isinstance(sd, dict):
-        return False
-    if "chain" in sd:
-        return isinstance(sd["chain"], list) and all(is_optimizer_state(part) for part in sd["chain"])
-    groups = sd.get("param_groups")
-    return (
-        isinstance(sd.get("state"), dict)
-        and isinstance(groups, list)
-        and all(isinstance(g, dict) for g in groups)
     )
 
 

@@ -3,7 +3,8 @@
 `checkpoint.load` refuses a state.json whose counters are not what steplab writes (a
 tampered ``step = -5`` would log steps twice); `checkpoint.restore` refuses a checkpoint of
 another model, by setting (`model_differences`: same shapes can still be another function,
-``n_head`` or ``norm_eps``) and by tensor shape (`check_weights`).
+``n_head`` or ``norm_eps``) and by tensor shape (`check_weights`); `check_structure` refuses an
+optimizer.pt or rng.pt that unpickled safely but is not what steplab writes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch.nn as nn
 
 from steplab.config import ModelConfig, flag
 from steplab.errors import CheckpointError
+from steplab.rng import is_rng_state
 
 # The fields of `checkpoint.TrainState` (state.json), with their rule in `checked_state`.
 STATE_FIELDS = ("step", "tokens", "train_seconds", "best_val_loss", "best_step", "metrics_lines", "guard")
@@ -128,3 +130,27 @@ def check_weights(model_cfg: Any, weights: dict[str, torch.Tensor], where: Path)
 def param_names(model: nn.Module) -> list[str]:
     """Names of a model's parameters and buffers with tied ones once (works on the meta device)."""
     return [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+
+
+def check_structure(path: Path, optimizer: Any, rng: Any) -> None:
+    """Refuse optimizer and RNG files that unpickled safely but are not what steplab writes."""
+    if optimizer is not None and not is_optimizer_state(optimizer):
+        raise CheckpointError(
+            f"{path}: optimizer.pt is not an optimizer state (damaged or foreign checkpoint)"
+        )
+    if rng is not None and not is_rng_state(rng):
+        raise CheckpointError(f"{path}: rng.pt is not a set of RNG states (damaged or foreign checkpoint)")
+
+
+def is_optimizer_state(sd: Any) -> bool:
+    """A torch optimizer's state dict (state, param_groups), or a chain of them (`steplab.optim.chain`)."""
+    if not isinstance(sd, dict):
+        return False
+    if "chain" in sd:
+        return isinstance(sd["chain"], list) and all(is_optimizer_state(part) for part in sd["chain"])
+    groups = sd.get("param_groups")
+    return (
+        isinstance(sd.get("state"), dict)
+        and isinstance(groups, list)
+        and all(isinstance(g, dict) for g in groups)
+    )
