@@ -78,9 +78,16 @@ def plan_points(runs: float, optimizers: int) -> tuple[int, bool]:
 
 def decide_optimizer(ctx: Context, allowance: float) -> Decision:
     start = ctx.clock.spent()
+    before = len(ctx.state.proxies)
     cfg = copy.deepcopy(ctx.cfg)
     mup = {"model.parametrization": "mup", "model.mup_base_width": cfg.model.n_embd}
-    fallback = {"optim.name": "muon", "optim.lr": DEFAULT_LR["muon"], **mup}
+    # the registered defaults were tuned at the default preset's width: that is their muP base
+    fallback = {
+        "optim.name": "muon",
+        "optim.lr": DEFAULT_LR["muon"],
+        "model.parametrization": "mup",
+        "model.mup_base_width": 128,
+    }
     sp = ctx.speed(cfg)
     one = ctx.step_cost(sp, cfg) * MIN_STEPS + (ctx.proxy_overhead() if ctx.budget.kind == "seconds" else 0.0)
     runs = allowance / one
@@ -95,30 +102,42 @@ def decide_optimizer(ctx: Context, allowance: float) -> Decision:
         )
     optimizers = list(OPTIMIZERS) + (list(EXTRA_OPTIMIZERS) if runs >= 16 else [])
     points, use_lr_find = plan_points(runs, len(optimizers))
+    extend = points == 3 and runs >= 5 * len(optimizers)  # budget to follow a minimum past the bracket
     rows = [["optimizer", "learning rate", "val bits/byte", "first guess"]]
     best: dict[str, tuple[float, float, str]] = {}  # optimizer -> (lr, bpb, how)
-    for oi, name in enumerate(optimizers):
+    planned = len(optimizers) * (points + (1 if extend else 0))
+    for name in optimizers:
         center, how = lr_guess(ctx, cfg, name, use_lr_find=use_lr_find)
         lrs = [center / LR_FACTOR, center, center * LR_FACTOR] if points == 3 else [center]
-        proxies: list[Proxy] = []
-        for li, lr in enumerate(lrs):
-            runs_left = (len(optimizers) - oi) * len(lrs) - li
-            share = (allowance - (ctx.clock.spent() - start)) / runs_left
+
+        def measure(lr: float, note: str, name: str = name) -> Proxy:
+            done = len(ctx.state.proxies) - before
+            share = (allowance - (ctx.clock.spent() - start)) / max(1, planned - done)
             c = copy.deepcopy(cfg)
             c.optim.name, c.optim.lr = name, lr
             p = ctx.proxy(
                 f"optimizer-{name}-lr{lr:.3g}", c, tokens=ctx.tokens_for(sp, share), params=sp.matmul_params
             )
-            proxies.append(p)
-            bpb = f"{p.val_bpb:.4f}" if p.ok else f"excluded ({p.verdict})"
-            rows.append([name, f"{lr:.3g}", bpb, how if li == 0 else ""])
-        ok = [(lr, p) for lr, p in zip(lrs, proxies, strict=True) if p.ok]
-        if len(ok) == 3:
-            lr, rule = refine_lr([x for x, _ in ok], [p.val_bpb or 0.0 for _, p in ok])
-            best[name] = (lr, min(p.val_bpb or 0.0 for _, p in ok), rule)
+            rows.append([name, f"{lr:.3g}", f"{p.val_bpb:.4f}" if p.ok else f"excluded ({p.verdict})", note])
+            return p
+
+        measured = {lr: measure(lr, how if i == 0 else "") for i, lr in enumerate(lrs)}
+        ok = {lr: p.val_bpb or 0.0 for lr, p in measured.items() if p.ok}
+        if extend and len(ok) == 3 and min(ok, key=ok.__getitem__) != lrs[1]:
+            edge = min(ok, key=ok.__getitem__)
+            further = edge * LR_FACTOR if edge == lrs[2] else edge / LR_FACTOR
+            p = measure(further, "the minimum was at the edge: one step further")
+            if p.ok:
+                ok[further] = p.val_bpb or 0.0
+        if len(ok) >= 3:
+            xs = sorted(ok)
+            i = min(max(xs.index(min(ok, key=ok.__getitem__)), 1), len(xs) - 2)
+            trio = xs[i - 1 : i + 2]
+            lr, rule = refine_lr(trio, [ok[x] for x in trio])
+            best[name] = (lr, min(ok.values()), rule)
         elif ok:
-            lr, p = min(ok, key=lambda t: t[1].val_bpb or 0.0)
-            best[name] = (lr, p.val_bpb or 0.0, "best measured point")
+            lr = min(ok, key=ok.__getitem__)
+            best[name] = (lr, ok[lr], "best measured point")
     if not best:
         reason = "every proxy diverged or failed: Muon at its registered default"
         return Decision("optimizer", "optimizer: muon", dict(fallback), reason, rule="fallback", table=rows)

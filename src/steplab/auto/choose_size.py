@@ -1,8 +1,8 @@
 """Decision 3: the model's size and shape for the final run's budget.
 
 Each width of the ladder is priced on this device (tokens per second of the real step);
-widths too slow for a few hundred final steps are left out. Three sizes around the
-Chinchilla prior (20 tokens per parameter at this machine's speed) train for equal time
+widths too slow for a few hundred final steps are left out. Three sizes around the prior
+(the default preset's ratio of about 3 tokens per parameter, at this machine's speed) train for equal time
 under μP (the learning rate just chosen transfers to them), a constant learning rate after
 warm-up, their training loss read at every tenth of the run; a scaling law L(N, D) fitted
 to those points (`steplab.auto.scaling`) predicts the final loss
@@ -35,8 +35,6 @@ def price_ladder(ctx: Context, final: float, allowance: float) -> dict[int, Spee
     out: dict[int, Speed] = {}
     start = ctx.clock.spent()
     for w in WIDTHS:
-        if w < ctx.cfg.model.mup_base_width:
-            continue
         c = at_width(ctx.cfg, w)
         if out and ctx.clock.spent() - start > 0.15 * allowance:
             break
@@ -52,11 +50,19 @@ def _rate(ctx: Context, sp: Speed) -> float:
     return sp.tokens_per_second if ctx.budget.kind == "seconds" else 1.0 / sp.flops_per_token
 
 
+# The prior: the `default` preset's own ratio, 600 steps x 4,096 tokens for 0.79M matmul
+# parameters (about 3 tokens per parameter), tuned for this project's CPU budgets. Chinchilla's
+# 20 is the compute-optimal ratio at large scale; a small model on a small corpus and budget
+# does better with fewer tokens per parameter (the fit below decides when it can).
+PRIOR_TOKENS_PER_PARAM = 3.1
+
+
 def prior_index(cands: list[Candidate], final: float) -> int:
-    """The candidate nearest Chinchilla's 20 tokens per parameter at this machine's speeds."""
+    """The candidate nearest the prior's tokens per parameter at this machine's speeds."""
+    ratio = PRIOR_TOKENS_PER_PARAM
     return min(
         range(len(cands)),
-        key=lambda i: abs(math.log(cands[i].tokens_per_second * final / (20 * cands[i].params))),
+        key=lambda i: abs(math.log(cands[i].tokens_per_second * final / (ratio * cands[i].params))),
     )
 
 
@@ -87,8 +93,8 @@ def decide_size(ctx: Context, allowance: float, final: float) -> Decision:
     trial = affordable_trial(ctx, widths, prior, allowance - (ctx.clock.spent() - start))
     if len(trial) < 2:
         reason = (
-            "no budget for size proxies: Chinchilla's prior, 20 tokens per parameter at this "
-            f"machine's speed ({ev.cands[prior].name})"
+            f"no budget for size proxies: the prior, {PRIOR_TOKENS_PER_PARAM:g} tokens per parameter (the "
+            f"default preset's ratio) at this machine's speed ({ev.cands[prior].name})"
         )
         return _decision(ctx, widths[prior], reason, "fallback", ev)
     for i, w in enumerate(trial):
