@@ -84,23 +84,33 @@ MEASURE = textwrap.dedent(
 )
 
 
-def test_a_corpus_larger_than_the_memory_cap_tokenizes_within_it(tmp_path: Path) -> None:
-    """32 MB of text, a 16 MB cap on peak RSS growth (loading it whole cost +755 MB for 48 MB)."""
-    size, cap = 32 << 20, 16 << 20
+def _prepare_growth(tmp_path: Path, mb: int) -> tuple[dict, int]:
+    """Peak RSS growth of tokenizing an `mb`-megabyte corpus with 2 workers, in a fresh process."""
     line = "First Citizen: before we proceed any further, hear me speak. Ωμέγα 東京\n"
-    n_lines = size // len(line.encode("utf-8")) + 1
-    p = tmp_path / "big.txt"
+    n_lines = ((mb << 20) // len(line.encode("utf-8")) // 1000 + 1) * 1000
+    p = tmp_path / f"big{mb}.txt"
     with open(p, "w", encoding="utf-8") as fh:
         for _ in range(n_lines // 1000):
             fh.write(line * 1000)
-    env = {"PYTHONPATH": SRC, "STEPLAB_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": SRC, "STEPLAB_CACHE": str(tmp_path / f"cache{mb}"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(p), "2"], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-c", MEASURE, str(p), "2"], capture_output=True, text=True, env=env, timeout=180
     )
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout)
-    assert p.stat().st_size > cap
-    assert r["tokens"] == len(line) * (n_lines // 1000) * 1000
-    assert r["growth"] < cap, f"peak RSS grew by {r['growth'] / 2**20:.0f} MB"
-    # Forked workers share the parent's pages; what they add stays within the cap too.
-    assert 0 < r["children"] < r["before"] + cap
+    assert r["tokens"] == len(line) * n_lines
+    return r, p.stat().st_size
+
+
+def test_tokenizing_memory_does_not_grow_with_the_corpus(tmp_path: Path) -> None:
+    """Memory flat in corpus size, judged against this machine's own baseline: tokenizing 32 MB
+    may not take much more memory than tokenizing 8 MB (loading a corpus whole cost +755 MB for
+    48 MB: a slope of 15 bytes per corpus byte; streaming's is about 0)."""
+    small, small_size = _prepare_growth(tmp_path, 8)
+    big, big_size = _prepare_growth(tmp_path, 32)
+    slope = (big["growth"] - small["growth"]) / (big_size - small_size)
+    assert slope < 0.25, (
+        f"peak RSS grew by {slope:.2f} bytes per corpus byte ({small['growth']} -> {big['growth']})"
+    )
+    # Forked workers share the parent's pages; what they add does not scale with the corpus either.
+    assert big["children"] - small["children"] < 0.25 * (big_size - small_size)

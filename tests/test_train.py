@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from steplab import checkpoint as ckpt
-from steplab.cli.main import main
 from steplab.config import RunConfig
 from steplab.errors import SteplabError
 from steplab.loop.fit import train
@@ -144,51 +143,6 @@ def test_stop_and_resume_is_exact(tmp_path: Path, tiny_cfg: RunConfig) -> None:
         return [(r["step"], r.get("loss"), r.get("val_loss")) for r in read_metrics(run / "metrics.jsonl")]
 
     assert losses(tmp_path / "part") == losses(tmp_path / "full")
-
-
-def test_train_sample_eval_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run = str(tmp_path / "run")
-    assert (
-        main(["train", "--preset", "tiny", "--run-dir", run, "--quiet", "--train.tensorboard", "false"]) == 0
-    )
-    out = capsys.readouterr().out
-    assert "finished: 50 steps" in out and "val_loss" in out
-    assert main(["sample", "--run", run, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "1"]) == 0
-    s1 = capsys.readouterr().out
-    assert main(["sample", "--run", run, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "1"]) == 0
-    assert capsys.readouterr().out == s1 and s1.startswith("ROMEO:") and len(s1) > 40
-    assert (
-        main(
-            [
-                "sample",
-                "--run",
-                run,
-                "--max-new-tokens",
-                "20",
-                "--temperature",
-                "0.9",
-                "--top-k",
-                "5",
-                "--top-p",
-                "0.9",
-            ]
-        )
-        == 0
-    )
-    capsys.readouterr()
-    assert main(["eval", "--run", run, "--json"]) == 0
-    res = json.loads(capsys.readouterr().out)
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert res["val_loss"] == pytest.approx(summary["val_loss"], abs=1e-6)
-    assert res["val_bpb"] > 0 and res["val_ppl"] > 1
-
-
-def test_sample_and_eval_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sample", "--run", str(tmp_path / "nope")]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    (tmp_path / "empty").mkdir()
-    assert main(["eval", "--run", str(tmp_path / "empty")]) == 2
-    assert "no checkpoint found" in capsys.readouterr().err
 
 
 def test_eval_window_fixes_the_measure(tiny_cfg: RunConfig) -> None:

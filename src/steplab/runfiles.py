@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from steplab.atomic import io_error
 from steplab.errors import SteplabError

@@ -8,11 +8,10 @@ directory as `config.toml`. TOML has no null, so an unset optional field is writ
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from steplab.config.schema import BUDGET, SECTIONS, RunConfig, clear_budget, set_value
 from steplab.config.values import did_you_mean

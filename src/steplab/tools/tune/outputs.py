@@ -4,11 +4,10 @@ the best values: `steplab train --config` takes it), ``trials.json`` and Optuna'
 from __future__ import annotations
 
 import json
+import tomllib
 import warnings
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from steplab.atomic import replacing, write_file
 from steplab.config import dump_toml

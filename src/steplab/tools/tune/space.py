@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from steplab.config import SECTIONS, RunConfig, set_value
 from steplab.errors import ConfigError, SteplabError

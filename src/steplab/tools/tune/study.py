@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import time
+import tomllib
 import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from steplab.atomic import write_file
 from steplab.errors import ConfigError
