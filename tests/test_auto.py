@@ -244,3 +244,24 @@ def test_a_new_search_refuses_a_non_empty_directory(tmp_path: Path, corpus: Path
     with pytest.raises(SteplabError, match="not empty"):
         _start(corpus, tmp_path, 20.0)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_the_lr_search_follows_a_minimum_past_the_edge_of_its_bracket(monkeypatch) -> None:  # noqa: ANN001
+    from steplab.auto.choose_optimizer import LrSearch
+    from steplab.auto.context import Proxy
+
+    measured: list[float] = []
+
+    def fake(self, name: str, lr: float, note: str) -> Proxy:  # noqa: ANN001
+        measured.append(lr)
+        bpb = 2.0 + (math.log(lr) - math.log(5e-3)) ** 2  # the best learning rate is 5e-3
+        return Proxy(name, "finished", bpb, bpb, 1000, 1.0, 1.0, 1, 1.0)
+
+    monkeypatch.setattr(LrSearch, "measure", fake)
+    search = LrSearch(None, None, None, 1.0, 4, [])  # type: ignore[arg-type]
+    lr, _, how = search.best_lr("adamw", [1e-3, 2e-3, 4e-3], "", extend=True)
+    assert measured == [1e-3, 2e-3, 4e-3, 8e-3]  # the best was the upper edge: one step further
+    assert lr == pytest.approx(5e-3, rel=1e-6) and "parabola" in how  # exact: a parabola in log lr
+    measured.clear()
+    lr, _, _ = search.best_lr("adamw", [1e-3, 2e-3, 4e-3], "", extend=False)
+    assert measured == [1e-3, 2e-3, 4e-3] and lr == 4e-3

@@ -12,11 +12,14 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from steplab.auto.context import Context, Proxy, quiet_copy
 from steplab.auto.space import EXTRA_OPTIMIZERS, MIN_STEPS, OPTIMIZERS
 from steplab.auto.state import Decision
+from steplab.config import RunConfig
 from steplab.optim import DEFAULT_LR
+from steplab.tools.throughput import Speed
 
 LR_FACTOR = 2.0
 LR_FIND_STEPS = 60
@@ -76,18 +79,67 @@ def plan_points(runs: float, optimizers: int) -> tuple[int, bool]:
     return 1, False
 
 
+# The registered defaults were tuned at the default preset's width: that is their muP base.
+FALLBACK = {
+    "optim.name": "muon",
+    "optim.lr": DEFAULT_LR["muon"],
+    "model.parametrization": "mup",
+    "model.mup_base_width": 128,
+}
+
+
+@dataclass
+class LrSearch:
+    """The proxies of this stage: each gets an equal share of what the stage has left."""
+
+    ctx: Context
+    cfg: RunConfig
+    speed: Speed
+    allowance: float
+    planned: int  # proxies this stage plans to run
+    rows: list[list[str]]
+    start: float = 0.0
+    done: int = 0
+
+    def measure(self, name: str, lr: float, note: str) -> Proxy:
+        ctx = self.ctx
+        share = (self.allowance - (ctx.clock.spent() - self.start)) / max(1, self.planned - self.done)
+        c = copy.deepcopy(self.cfg)
+        c.optim.name, c.optim.lr = name, lr
+        tokens = ctx.tokens_for(self.speed, share)
+        p = ctx.proxy(f"optimizer-{name}-lr{lr:.3g}", c, tokens=tokens, params=self.speed.matmul_params)
+        self.done += 1
+        self.rows.append([name, f"{lr:.3g}", f"{p.val_bpb:.4f}" if p.ok else f"excluded ({p.verdict})", note])
+        return p
+
+    def best_lr(
+        self, name: str, lrs: list[float], note: str, *, extend: bool
+    ) -> tuple[float, float, str] | None:
+        """(lr, bits/byte, how) of `name`'s best learning rate, or None when every proxy failed."""
+        ok = {
+            lr: p.val_bpb or 0.0
+            for i, lr in enumerate(lrs)
+            if (p := self.measure(name, lr, note if i == 0 else "")).ok
+        }
+        if extend and len(ok) == 3 and min(ok, key=ok.__getitem__) != lrs[1]:
+            edge = min(ok, key=ok.__getitem__)
+            further = edge * LR_FACTOR if edge == lrs[2] else edge / LR_FACTOR
+            p = self.measure(name, further, "the minimum was at the edge: one step further")
+            if p.ok:
+                ok[further] = p.val_bpb or 0.0
+        if not ok:
+            return None
+        if len(ok) < 3:
+            lr = min(ok, key=ok.__getitem__)
+            return lr, ok[lr], "best measured point"
+        xs = sorted(ok)
+        i = min(max(xs.index(min(ok, key=ok.__getitem__)), 1), len(xs) - 2)
+        lr, how = refine_lr(xs[i - 1 : i + 2], [ok[x] for x in xs[i - 1 : i + 2]])
+        return lr, min(ok.values()), how
+
+
 def decide_optimizer(ctx: Context, allowance: float) -> Decision:
-    start = ctx.clock.spent()
-    before = len(ctx.state.proxies)
     cfg = copy.deepcopy(ctx.cfg)
-    mup = {"model.parametrization": "mup", "model.mup_base_width": cfg.model.n_embd}
-    # the registered defaults were tuned at the default preset's width: that is their muP base
-    fallback = {
-        "optim.name": "muon",
-        "optim.lr": DEFAULT_LR["muon"],
-        "model.parametrization": "mup",
-        "model.mup_base_width": 128,
-    }
     sp = ctx.speed(cfg)
     one = ctx.step_cost(sp, cfg) * MIN_STEPS + (ctx.proxy_overhead() if ctx.budget.kind == "seconds" else 0.0)
     runs = allowance / one
@@ -95,7 +147,7 @@ def decide_optimizer(ctx: Context, allowance: float) -> Decision:
         return Decision(
             "optimizer",
             f"optimizer: muon, lr {DEFAULT_LR['muon']:g}",
-            dict(fallback),
+            dict(FALLBACK),
             f"no budget to compare optimizers ({MIN_STEPS}-step proxies cost {one:.3g} each, the stage had "
             f"{allowance:.3g}): Muon at its registered default, the best optimizer of docs/optimizers.md",
             rule="fallback",
@@ -104,46 +156,20 @@ def decide_optimizer(ctx: Context, allowance: float) -> Decision:
     points, use_lr_find = plan_points(runs, len(optimizers))
     extend = points == 3 and runs >= 5 * len(optimizers)  # budget to follow a minimum past the bracket
     rows = [["optimizer", "learning rate", "val bits/byte", "first guess"]]
+    search = LrSearch(ctx, cfg, sp, allowance, len(optimizers) * (points + extend), rows, ctx.clock.spent())
     best: dict[str, tuple[float, float, str]] = {}  # optimizer -> (lr, bpb, how)
-    planned = len(optimizers) * (points + (1 if extend else 0))
     for name in optimizers:
         center, how = lr_guess(ctx, cfg, name, use_lr_find=use_lr_find)
         lrs = [center / LR_FACTOR, center, center * LR_FACTOR] if points == 3 else [center]
-
-        def measure(lr: float, note: str, name: str = name) -> Proxy:
-            done = len(ctx.state.proxies) - before
-            share = (allowance - (ctx.clock.spent() - start)) / max(1, planned - done)
-            c = copy.deepcopy(cfg)
-            c.optim.name, c.optim.lr = name, lr
-            p = ctx.proxy(
-                f"optimizer-{name}-lr{lr:.3g}", c, tokens=ctx.tokens_for(sp, share), params=sp.matmul_params
-            )
-            rows.append([name, f"{lr:.3g}", f"{p.val_bpb:.4f}" if p.ok else f"excluded ({p.verdict})", note])
-            return p
-
-        measured = {lr: measure(lr, how if i == 0 else "") for i, lr in enumerate(lrs)}
-        ok = {lr: p.val_bpb or 0.0 for lr, p in measured.items() if p.ok}
-        if extend and len(ok) == 3 and min(ok, key=ok.__getitem__) != lrs[1]:
-            edge = min(ok, key=ok.__getitem__)
-            further = edge * LR_FACTOR if edge == lrs[2] else edge / LR_FACTOR
-            p = measure(further, "the minimum was at the edge: one step further")
-            if p.ok:
-                ok[further] = p.val_bpb or 0.0
-        if len(ok) >= 3:
-            xs = sorted(ok)
-            i = min(max(xs.index(min(ok, key=ok.__getitem__)), 1), len(xs) - 2)
-            trio = xs[i - 1 : i + 2]
-            lr, rule = refine_lr(trio, [ok[x] for x in trio])
-            best[name] = (lr, min(ok.values()), rule)
-        elif ok:
-            lr = min(ok, key=ok.__getitem__)
-            best[name] = (lr, ok[lr], "best measured point")
+        if (found := search.best_lr(name, lrs, how, extend=extend)) is not None:
+            best[name] = found
     if not best:
         reason = "every proxy diverged or failed: Muon at its registered default"
-        return Decision("optimizer", "optimizer: muon", dict(fallback), reason, rule="fallback", table=rows)
+        return Decision("optimizer", "optimizer: muon", dict(FALLBACK), reason, rule="fallback", table=rows)
     winner = min(best, key=lambda k: best[k][1])
     lr, best_bpb, how = best[winner]
     proxy_toml = ctx.out / "proxies" / f"optimizer-{winner}-lr{lr:.3g}" / "config.toml"
+    mup = {"model.parametrization": "mup", "model.mup_base_width": cfg.model.n_embd}
     return Decision(
         "optimizer",
         f"optimizer: {winner}, lr {lr:.3g}",
