@@ -13,20 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import cli
 from steplab.cli.main import COMMANDS, GROUPS, main
 from steplab.cli.parser import parse
 from steplab.errors import ConfigError
 
 TRAIN = ["train", "--preset", "tiny", "--quiet", "--train.tensorboard", "false"]
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def jsonl(*lines: str) -> Callable[[Path], Path]:

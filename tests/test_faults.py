@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from faultfs import fill, read_only, tmpfs
+from helpers import cli
 from steplab import checkpoint as ckpt
 from steplab.cli.main import main
 from steplab.config import DataConfig, TokenizerConfig
@@ -26,15 +27,6 @@ from steplab.data.cache import prepare
 
 TRAIN = ["train", "--preset", "tiny", "--quiet", "--train.tensorboard", "false", "--eval.every", "0"]
 reliability = pytest.mark.reliability
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line(err: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import cli
 from steplab.cli.main import main
 from steplab.config import RunConfig
 from steplab.errors import SteplabError
@@ -29,15 +30,6 @@ from steplab.rundir import (
 )
 
 TRAIN = ["train", "--preset", "tiny", "--quiet", "--train.tensorboard", "false", "--train.max-steps", "3"]
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def hashes(*roots: Path) -> dict[str, str]:
