@@ -42,6 +42,7 @@ LAYERS: list[set[str]] = [
         "steplab.runfiles",
         "steplab.checkpoint",
         "steplab.checkpoint_checks",
+        "steplab.sharded",
         "steplab.trackers",
         "steplab.hf",
     },

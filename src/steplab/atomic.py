@@ -205,6 +205,17 @@ def staging_dir(final: Path, *, prefix: str | None = None) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def adopted(tmp: Path) -> Iterator[Path]:
+    """A temporary directory others already wrote into (every rank's shards), used as
+    `staging_dir` would be: removed unless it was renamed into place."""
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_dir(
     final: Path,
     write: Callable[[Path], None],

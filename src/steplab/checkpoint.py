@@ -12,6 +12,9 @@ A checkpoint is a directory ``checkpoints/step_00001234/`` holding
                          ``--init-from`` directory the others come from, with its fingerprint,
 - ``manifest.json``      sha256 of each file, written last.
 
+A sharded checkpoint (`steplab.sharded`) holds every rank's ``shards/*.safetensors`` instead
+of ``model.safetensors``, and in ``optimizer.pt`` only the optimizer's non-tensor rest.
+
 It is written into a temporary directory, fsynced, then renamed into place
 (`steplab.atomic`), so a crash, a kill or a full disk leaves the previous checkpoint intact. Loading checks the manifest and
 reads tensors with ``torch.load(weights_only=True)``: nothing is unpickled beyond plain
@@ -37,7 +40,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from steplab.atomic import describe, os_error_of, publish, staging_dir
+from steplab.atomic import adopted, describe, os_error_of, publish, staging_dir
 from steplab.checkpoint_checks import check_structure, check_weights, checked_state, model_differences
 from steplab.config import RunConfig, dump_toml, load_toml
 from steplab.data.tokenizer import Tokenizer, from_json
@@ -45,6 +48,7 @@ from steplab.errors import CheckpointError
 from steplab.rng import rng_state, set_rng_state
 
 PREFIX = "step_"
+SHARDS = "shards"  # a sharded checkpoint's subdirectory of safetensors shards
 
 
 @dataclass
@@ -103,27 +107,32 @@ def save(
     keep: set[int] | None = None,
     model_state: dict[str, torch.Tensor] | None = None,
     optim_state: dict[str, Any] | None = None,
+    staged: Path | None = None,
 ) -> Path:
     """Write a checkpoint atomically and prune old ones (keeping the newest `keep_last` and `keep`).
 
     `model_state`/`optim_state` override the model's and optimizer's own state dicts (the
-    full state gathered from FSDP shards).
+    full state gathered from FSDP shards). `staged`: a temporary directory in the run's
+    checkpoints already holding every rank's shards (`steplab.sharded`), adopted as the
+    staging directory (and removed if the write fails).
     A failed write (a full disk, a quota, a read-only file system) removes its temporary
     directory and raises a `CheckpointError` that names the checkpoint still intact; nothing
     older is touched.
     """
     root = checkpoint_dir(run_dir)
     final = root / f"{PREFIX}{state.step:08d}"
-    weights = dedup_state(model_state) if model_state is not None else dedup_state(model.state_dict())
-    from steplab.hf.pretrained import base_reference
+    weights, base = None, None
+    if staged is None:
+        weights = dedup_state(model_state) if model_state is not None else dedup_state(model.state_dict())
+        from steplab.hf.pretrained import base_reference
 
-    base = base_reference(cfg, model)
-    if base is not None:  # a fine-tune with frozen parameters: those are the base model's, by reference
-        weights = {k: v for k, v in weights.items() if k in base["trainable"]}
+        base = base_reference(cfg, model)
+        if base is not None:  # a fine-tune with frozen parameters: those are the base model's, by reference
+            weights = {k: v for k, v in weights.items() if k in base["trainable"]}
     if optim_state is None and optimizer is not None:
         optim_state = optimizer.state_dict()
     try:
-        with staging_dir(final, prefix=".tmp-") as tmp:
+        with staging_dir(final, prefix=".tmp-") if staged is None else adopted(staged) as tmp:
             _write_files(tmp, weights, optim_state, state, cfg, tokenizer, base=base)
             publish(
                 tmp, final, replace=True, old_prefix=".old-"
@@ -139,7 +148,7 @@ def save(
 
 def _write_files(
     tmp: Path,
-    weights: dict[str, torch.Tensor],
+    weights: dict[str, torch.Tensor] | None,
     optim_state: dict[str, Any] | None,
     state: TrainState,
     cfg: RunConfig,
@@ -150,14 +159,15 @@ def _write_files(
     """Every file of a checkpoint into `tmp`, fsynced, the manifest last."""
     if base is not None:
         (tmp / "base.json").write_text(json.dumps(base, indent=1))
-    save_file(weights, str(tmp / "model.safetensors"))
+    if weights is not None:  # None: the shards are in tmp already
+        save_file(weights, str(tmp / "model.safetensors"))
     if optim_state is not None:
         torch.save(optim_state, tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1))
     (tmp / "config.toml").write_text(dump_toml(cfg))
     (tmp / "tokenizer.json").write_text(json.dumps(tokenizer.to_json()))
-    files = sorted(p.name for p in tmp.iterdir())
+    files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     manifest = {"step": state.step, "files": {f: _sha256(tmp / f) for f in files}}
     for f in files:
         with open(tmp / f, "rb") as fh:
@@ -218,16 +228,23 @@ def verify(path: Path) -> None:
     if not isinstance(files, dict) or not all(isinstance(d, str) for d in files.values()):
         raise CheckpointError(f"{path}: manifest.json is damaged (not a steplab manifest)")
     for name, digest in files.items():
-        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+        if not _inside(name):
             raise CheckpointError(f"{path}: manifest.json names a file outside the checkpoint ({name!r})")
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{path}: {name} is missing")
         if _sha256(f) != digest:
             raise CheckpointError(f"{path}: {name} is corrupted (checksum mismatch)")
-    unexpected = {p.name for p in path.iterdir()} - set(files) - {"manifest.json"}
+    unexpected = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - set(files)
+    unexpected.discard("manifest.json")
     if unexpected:
         raise CheckpointError(f"{path}: unexpected files {sorted(unexpected)} (refusing to load)")
+
+
+def _inside(name: object) -> bool:
+    """A manifest entry names a file of the checkpoint: ``NAME`` or ``shards/NAME``, never hidden."""
+    parts = name.split("/") if isinstance(name, str) and "\\" not in name else [""]
+    return parts[:-1] in ([], [SHARDS]) and not any(p.startswith(".") or not p for p in parts)
 
 
 def latest(run_dir: Path, *, which: str = "latest") -> Path:
@@ -276,17 +293,29 @@ class Loaded:
     rng: dict[str, torch.Tensor] | None
 
 
+def is_sharded(path: Path) -> bool:
+    """Whether checkpoint `path` holds shards (`steplab.sharded`) rather than one weights file."""
+    return (path / SHARDS).is_dir()
+
+
 def load(path: Path, *, with_optimizer: bool = True, whole: bool = True) -> Loaded:
     """Read a verified checkpoint: safetensors weights, weights-only tensors, JSON and TOML.
 
     A fine-tune's checkpoint that stores only what trains (``base.json``) is completed from its
-    base model unless `whole` is false (`restore`, whose model holds the base already).
+    base model unless `whole` is false (`restore`, whose model holds the base already). Shards
+    are assembled whole, or with `whole` false given as meta tensors of their shapes only.
     """
     verify(path)
     try:
         cfg = load_toml(path / "config.toml")
         tokenizer = from_json(json.loads((path / "tokenizer.json").read_text()))
-        weights = load_file(str(path / "model.safetensors"))
+        from steplab.dist import read_sharded_model
+
+        weights = (
+            read_sharded_model(path / SHARDS, data=whole)
+            if is_sharded(path)
+            else load_file(str(path / "model.safetensors"))
+        )
         if (path / "base.json").is_file():
             from steplab.hf.pretrained import with_base
 
@@ -351,7 +380,7 @@ def restore(
             f"{path}: the checkpoint's tokenizer ({_describe(loaded.tokenizer)}) does not match this run's "
             f"({_describe(tokenizer)}); resume with the run's own --data and --tokenizer"
         )
-    from steplab.dist import load_full_state
+    from steplab.dist import load_full_state, load_sharded
 
     changed = model_differences(loaded.cfg.model, model.cfg)  # type: ignore[arg-type]
     differs = (
@@ -371,21 +400,23 @@ def restore(
             raise CheckpointError(f"{e}; {differs}" if changed else str(e)) from None
     if changed:  # same shapes, another function (n_head, norm_eps, ...)
         raise CheckpointError(f"{path}: {differs}")
-    if optimizer is None or loaded.optimizer is None:
-        load_full_state(model, None, loaded.weights, None)
-    else:
-        current = [{k: g[k] for k in CONFIG_KEYS if k in g} for g in optimizer.param_groups]
-        try:  # works for a plain model and for FSDP shards alike (every rank reads the full state)
-            load_full_state(model, optimizer, loaded.weights, loaded.optimizer)
-        except (ValueError, KeyError, RuntimeError, IndexError) as e:
-            raise CheckpointError(
-                f"{path}: optimizer state does not match this run's optimizer ({str(e).splitlines()[0][:200]})"
-            ) from None
-        for group, settings in zip(optimizer.param_groups, current, strict=True):
+    opt = optimizer if loaded.optimizer is not None else None
+    current = [{k: g[k] for k in CONFIG_KEYS if k in g} for g in opt.param_groups] if opt else []
+    try:
+        if is_sharded(path):  # every rank reads the pieces of the shards its own shards cover
+            load_sharded(model, opt, path / SHARDS, loaded.optimizer)
+        else:  # a plain model and FSDP shards alike (every rank reads the full state)
+            load_full_state(model, opt, loaded.weights, loaded.optimizer)
+    except (ValueError, KeyError, RuntimeError, IndexError) as e:
+        raise CheckpointError(
+            f"{path}: optimizer state does not match this run's optimizer ({str(e).splitlines()[0][:200]})"
+        ) from None
+    if opt is not None:
+        for group, settings in zip(opt.param_groups, current, strict=True):
             group.update(settings)
         from steplab.optim import train_mode
 
-        train_mode(optimizer)  # saved in eval mode (schedule-free): back to the point it steps from
+        train_mode(opt)  # saved in eval mode (schedule-free): back to the point it steps from
     if loaded.rng is not None:
         set_rng_state(loaded.rng)
     return loaded.state

@@ -7,18 +7,22 @@ LOCAL_RANK, MASTER_ADDR/PORT): NCCL on GPUs, gloo on CPU.
 Data: every rank draws its slice of the same global batch (see `data.BatchSampler`), so the
 batches, and therefore the losses, do not depend on the world size.
 
-Checkpoints are world-size independent: we gather a full (unsharded) state dict on rank 0
-and write the same files a single process writes. We chose the gather over
-torch.distributed.checkpoint's sharded format because steplab's models fit in one host's
-memory, a single-file checkpoint loads anywhere (sample, eval, export, 1 or N processes)
-with no resharding step, and the manifest/atomic-rename logic stays the same.
+Checkpoints are world-size independent either way. By default (`full_state`) we gather a
+full (unsharded) state dict on rank 0 and write the same files a single process writes: a
+single-file checkpoint loads anywhere with no resharding step. At sizes where the gather is
+slow or the whole model does not fit in one process, `--checkpoint.format sharded` has every
+rank write its own shards with torch.distributed.checkpoint (`save_sharded`), and loading
+reshards to any world size (`load_sharded`) or assembles the whole model in one process for
+eval, sample and export (`read_sharded_model`). The shards are safetensors files (DCP's
+Hugging Face storage: the layout lives in their JSON headers), so loading unpickles nothing.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,6 +187,143 @@ def _index_to_fqn(model: nn.Module, optimizer: torch.optim.Optimizer, osd: dict[
     names = _param_names(model, optimizer)
     groups = [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]
     return {"state": {names[int(i)]: s for i, s in osd["state"].items()}, "param_groups": groups}
+
+
+# --- sharded checkpoints: torch.distributed.checkpoint (DCP) ---------------------------------
+
+
+def _optimizers(optimizer: torch.optim.Optimizer) -> list[torch.optim.Optimizer]:
+    """A `Chain`'s parts, else the optimizer: torch's state-dict API merges several by parameter name."""
+    return list(getattr(optimizer, "optimizers", [optimizer]))
+
+
+def _tied_names(model: nn.Module) -> set[str]:
+    """Names that alias another parameter (a tied output head): stored once, loaded through the other."""
+    every = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    return every - {n for n, _ in model.named_parameters()}
+
+
+def _model_shards(model: nn.Module) -> dict[str, Any]:
+    """The model's state dict as DCP sees it: DTensor shards under FSDP, tied weights once."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    tied = _tied_names(model)
+    return {k: v for k, v in get_model_state_dict(model).items() if k not in tied}
+
+
+def _split_optimizer(osd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A parameter-name keyed optimizer state split into its tensors (sharded, possibly
+    DTensors) and the rest: the param groups and any non-tensor state, small and the same on
+    every rank."""
+    tensors = {
+        n: {k: v for k, v in st.items() if isinstance(v, torch.Tensor)} for n, st in osd["state"].items()
+    }
+    other = {
+        n: {k: v for k, v in st.items() if not isinstance(v, torch.Tensor)} for n, st in osd["state"].items()
+    }
+    return tensors, {"state": other, "param_groups": osd["param_groups"]}
+
+
+def save_sharded(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, directory: str | os.PathLike
+) -> dict[str, Any] | None:
+    """Every rank writes its own shards of the model and optimizer tensors into `directory` (a
+    collective; one process works too); returns the optimizer's non-tensor rest for rank 0 to store.
+
+    Replicated tensors (DDP, one process) are written once; the files are
+    ``shard-0000R-model-00001-of-00001.safetensors``, one per rank, with each tensor's offset in
+    the whole in the header.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    state: dict[str, Any] = {"model": _model_shards(model)}
+    rest = None
+    if optimizer is not None:
+        state["optim"], rest = _split_optimizer(get_optimizer_state_dict(model, _optimizers(optimizer)))
+    writer = HuggingFaceStorageWriter(str(directory), save_distributed=True)
+    with _single_process_quiet():
+        dcp.save(state, storage_writer=writer, no_dist=_alone())
+    return rest
+
+
+def load_sharded(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    directory: str | os.PathLike,
+    rest: dict[str, Any] | None,
+) -> None:
+    """Load shards saved at any world size into this (possibly sharded) model and optimizer:
+    each rank reads only the pieces of the files its own shards cover (a collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    # The optimizer's layout first: a fresh optimizer gets its state by a zero-lr step, which
+    # the model weights loaded after it then overwrite. Without `rest` (a checkpoint without
+    # optimizer state) only the model is loaded.
+    opts = _optimizers(optimizer) if optimizer is not None and rest is not None else []
+    osd: dict[str, Any] = dict(get_optimizer_state_dict(model, opts)) if opts else {}
+    state: dict[str, Any] = {"model": _model_shards(model)}
+    if opts:
+        state["optim"], _ = _split_optimizer(osd)
+    with _single_process_quiet():
+        dcp.load(state, storage_reader=HuggingFaceStorageReader(str(directory)), no_dist=_alone())
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
+    if opts and rest is not None:
+        for name, st in osd["state"].items():
+            st.update(state["optim"][name])
+            st.update(rest["state"].get(name, {}))
+        osd["param_groups"] = rest["param_groups"]
+        set_optimizer_state_dict(model, opts, osd)
+
+
+def read_sharded_model(directory: str | os.PathLike, *, data: bool = True) -> dict[str, torch.Tensor]:
+    """The whole model from shards saved at any world size, in this one process (eval, sample,
+    export): names as in the model's state dict, tied weights once. With ``data=False``, meta
+    tensors of the right shapes only (nothing read beyond the headers)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    meta = HuggingFaceStorageReader(str(directory)).read_metadata().state_dict_metadata
+    device = "cpu" if data else "meta"
+    weights = {
+        k: torch.empty(m.size, dtype=m.properties.dtype, device=device)  # type: ignore[union-attr]
+        for k, m in meta.items()
+        if k.startswith("model.")
+    }
+    if data:
+        with _single_process_quiet():
+            dcp.load(weights, storage_reader=HuggingFaceStorageReader(str(directory)), no_dist=True)
+    return {k.removeprefix("model."): v for k, v in weights.items()}
+
+
+def _alone() -> bool:
+    """No process group: DCP then reads and writes everything in this process."""
+    return not (dist.is_available() and dist.is_initialized())
+
+
+@contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns on every save and load without a process group; one process is a use we mean."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (identity for one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:

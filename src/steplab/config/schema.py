@@ -248,6 +248,11 @@ class CheckpointConfig:
     every: int = opt(0, "save a checkpoint every N steps (0: only at the end)", ge=0)
     keep_last: int = opt(2, "keep the newest K checkpoints", ge=1)
     keep_best: bool = opt(True, "also keep the checkpoint with the best validation loss")
+    format: Literal["full", "sharded"] = opt(
+        "full",
+        "full: the whole state gathered to rank 0, one model.safetensors; sharded: every torchrun "
+        "process writes its own shards (torch.distributed.checkpoint), for models too big to gather",
+    )
 
 
 @dataclass(kw_only=True)

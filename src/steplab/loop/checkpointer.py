@@ -1,6 +1,6 @@
 """The checkpointer: when the loop saves, and which checkpoints stay on disk.
 
-It owns `CheckpointConfig`: a save every `every` steps, the best model so far after an
+It owns `CheckpointConfig`: full or sharded (`steplab.sharded`), a save every `every` steps, the best model so far after an
 evaluation that improved (`keep_best`), one on a signal or a stop, and one at the end. A
 step is saved at most once (`saved_at`), so a signal right after a periodic save costs
 nothing. While the guard may roll back it also keeps the newest `guard.max_attempts`
@@ -19,6 +19,7 @@ from steplab.checkpoint import TrainState
 from steplab.loop.session import Session
 from steplab.optim import eval_mode
 from steplab.rundir import count_records
+from steplab.sharded import save_sharded
 
 
 class Checkpointer:
@@ -44,23 +45,37 @@ class Checkpointer:
         if self.on_save is not None:
             self.on_save()
         s = self.s
+        keep_last = self.cfg.keep_last if final else max(self.cfg.keep_last, self.reserve)
         with eval_mode(s.optimizer):  # a checkpoint holds the weights to evaluate and sample
-            # Under torchrun every rank takes part in gathering the full state; rank 0 writes it.
-            msd, osd = dist_mod.full_state(s.model, s.optimizer) if s.dist.enabled else (None, None)
             if s.is_main:
                 state.metrics_lines = count_records(self.run_dir / "metrics.jsonl")
-                ckpt.save(
+            if self.cfg.format == "sharded":  # every rank writes its own shards, rank 0 the rest
+                save_sharded(
                     self.run_dir,
                     model=s.model,
                     optimizer=s.optimizer,
-                    model_state=msd,
-                    optim_state=osd,
                     state=state,
                     cfg=s.cfg,
                     tokenizer=s.data.tokenizer,
-                    keep_last=self.cfg.keep_last if final else max(self.cfg.keep_last, self.reserve),
+                    is_main=s.is_main,
+                    keep_last=keep_last,
                     keep=self.keep(state),
                 )
+            else:  # every rank takes part in gathering the full state; rank 0 writes it
+                msd, osd = dist_mod.full_state(s.model, s.optimizer) if s.dist.enabled else (None, None)
+                if s.is_main:
+                    ckpt.save(
+                        self.run_dir,
+                        model=s.model,
+                        optimizer=s.optimizer,
+                        model_state=msd,
+                        optim_state=osd,
+                        state=state,
+                        cfg=s.cfg,
+                        tokenizer=s.data.tokenizer,
+                        keep_last=keep_last,
+                        keep=self.keep(state),
+                    )
         self.saved_at = state.step
 
     def save_best(self, state: TrainState) -> None:
