@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from steplab import checkpoint as ckpt
+from steplab import dist
 from steplab.cli.main import main
 from steplab.dist import torchrun_command
 from steplab.errors import CheckpointError
@@ -56,10 +57,15 @@ def test_a_sharded_checkpoint_holds_the_same_model_as_a_full_one(tmp_path: Path)
 
 
 @pytest.mark.parametrize("optim", ["adamw", "muon"])
-def test_a_sharded_run_resumes_on_the_uninterrupted_trajectory(tmp_path: Path, optim: str) -> None:
+def test_a_sharded_run_resumes_on_the_uninterrupted_trajectory(
+    tmp_path: Path, optim: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     train(tmp_path / "ref", "--train.max-steps", "12", "--optim.name", optim)
     run = tmp_path / "run"
+    monkeypatch.setattr(dist, "SHARD_FILE_BYTES", 64 << 10)  # several files per rank
     train(run, "--train.max-steps", "6", "--optim.name", optim, *SHARDED)
+    files = sorted(p.name for p in (newest(run) / "shards").iterdir())
+    assert len(files) > 3 and files[-1] == f"shard-00001-model-{len(files):05d}-of-{len(files):05d}.safetensors"
     train(run, "--train.max-steps", "12", "--optim.name", optim, "--resume", *SHARDED)
     assert losses(run) == pytest.approx(losses(tmp_path / "ref"), abs=1e-6)
 

@@ -224,6 +224,34 @@ def _split_optimizer(osd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     return tensors, {"state": other, "param_groups": osd["param_groups"]}
 
 
+SHARD_FILE_BYTES = 256 << 20  # a rank's file is built in memory before it is written: keep each small
+
+
+def _files_of(state: dict[str, Any]) -> dict[str, int]:
+    """Each tensor's file (1, 2, ...): consecutive tensors of this rank's shards up to
+    `SHARD_FILE_BYTES` a file. DCP's safetensors writer copies a file's tensors and serialises
+    the file in memory, so the file size, not the shard size, bounds the memory a save adds."""
+    files, size, index = {}, 0, 1
+    for fqn, t in _flat_tensors(state):
+        local = t.to_local() if hasattr(t, "to_local") else t
+        nbytes = local.numel() * local.element_size()
+        if size and size + nbytes > SHARD_FILE_BYTES:
+            index, size = index + 1, 0
+        files[fqn], size = index, size + nbytes
+    return files
+
+
+def _flat_tensors(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor of a nested dict, named as DCP flattens them (dots)."""
+    out = []
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out += _flat_tensors(v, f"{prefix}{k}.")
+        elif isinstance(v, torch.Tensor):
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
 def save_sharded(
     model: nn.Module, optimizer: torch.optim.Optimizer | None, directory: str | os.PathLike
 ) -> dict[str, Any] | None:
@@ -231,8 +259,8 @@ def save_sharded(
     collective; one process works too); returns the optimizer's non-tensor rest for rank 0 to store.
 
     Replicated tensors (DDP, one process) are written once; the files are
-    ``shard-0000R-model-00001-of-00001.safetensors``, one per rank, with each tensor's offset in
-    the whole in the header.
+    ``shard-0000R-model-0000F-of-0000N.safetensors`` (rank R, file F of at most N), each with its
+    tensors' offsets in the whole in the header.
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
@@ -242,7 +270,8 @@ def save_sharded(
     rest = None
     if optimizer is not None:
         state["optim"], rest = _split_optimizer(get_optimizer_state_dict(model, _optimizers(optimizer)))
-    writer = HuggingFaceStorageWriter(str(directory), save_distributed=True)
+    files = _files_of(state)
+    writer = HuggingFaceStorageWriter(str(directory), fqn_to_index_mapping=files, save_distributed=True)
     with _single_process_quiet():
         dcp.save(state, storage_writer=writer, no_dist=_alone())
     return rest
