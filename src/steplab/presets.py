@@ -114,6 +114,27 @@ def finetune() -> RunConfig:
     return cfg
 
 
+def bpe_small() -> RunConfig:
+    """A BPE model people train on a CPU box: 8 layers, width 512, context 256, BPE 8192 (29M).
+
+    The default architecture (RoPE, RMSNorm, ReLU², no biases, tied head) at a size where
+    the step's matrix multiplies are large enough to keep the cores busy (docs/scale.md has
+    its FLOPs utilisation and profile). AdamW: Muon's Newton-Schulz iterations would add a
+    third to the step's FLOPs at this width. Meant for your own corpus (``--data``); on the
+    bundled 1 MB Tiny Shakespeare it overfits within a few hundred steps.
+    """
+    cfg = RunConfig(preset="bpe_small")
+    m = cfg.model
+    m.n_layer, m.n_head, m.n_embd, m.block_size = 8, 8, 512, 256
+    m.pos, m.norm, m.mlp, m.bias = "rope", "rmsnorm", "relu2", False
+    cfg.tokenizer.kind, cfg.tokenizer.vocab_size = "bpe", 8192
+    cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.beta2 = 1e-3, 0.1, 0.95
+    cfg.schedule.name, cfg.schedule.warmup_steps, cfg.schedule.decay_fraction = "wsd", 100, 0.2
+    cfg.train.batch_size, cfg.train.max_steps, cfg.train.log_every = 16, 2000, 10
+    cfg.eval.every, cfg.eval.max_windows = 250, 128
+    return cfg
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "default": default,
     "shakespeare_char": shakespeare_char,
@@ -123,6 +144,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "tiny": tiny,
     "gpt2_small": gpt2_small,
     "finetune": finetune,
+    "bpe_small": bpe_small,
 }
 
 

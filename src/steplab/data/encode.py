@@ -149,7 +149,7 @@ def encode_array(tok: Tokenizer, texts: list[str], dtype: np.dtype) -> np.ndarra
     """Tokens of the texts, concatenated: vectorised for char and byte, batched for BPE."""
     if isinstance(tok, BPETokenizer):
         ids = tok.encode_batch(texts)
-        return np.fromiter((i for doc in ids for i in doc), dtype=dtype, count=sum(map(len, ids)))
+        return np.concatenate([np.array(doc, dtype=dtype) for doc in ids] or [np.zeros(0, dtype=dtype)])
     if not isinstance(tok, (CharTokenizer, ByteTokenizer)):
         return np.asarray([i for t in texts for i in tok.encode(t)], dtype=dtype)
     text = "".join(texts)
