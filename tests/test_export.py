@@ -80,6 +80,11 @@ def test_the_flagship_presets_export(preset: str, cls: str) -> None:
         ({**LLAMA, "qk_norm": True, "bias": True}, r"--model.bias true: Qwen3ForCausalLM"),
         ({"n_kv_head": 2}, "--model.n-kv-head 2"),
         ({"parametrization": "mup", "n_embd": 256}, "--model.tie-embeddings true"),
+        (
+            {**LLAMA, "unet_skips": True, "logit_softcap": 15.0},
+            "--model.logit-softcap 15.0, --model.unet-skips True",
+        ),
+        ({"value_embeds": 1}, "--model.value-embeds 1: no transformers equivalent"),
     ],
 )
 def test_settings_without_an_equivalent_are_named(kw: dict, message: str) -> None:

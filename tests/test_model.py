@@ -48,11 +48,18 @@ def reference_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     if cfg.pos == "learned":
         x = x + sd["wpe.weight"][:T]
     mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+    L, N, half = cfg.n_layer, cfg.value_embeds, cfg.n_layer // 2 if cfg.unet_skips else 0
+    skips = []
     for layer in range(cfg.n_layer):
         p = f"blocks.{layer}"
+        if layer >= L - half:  # U-net: the mirrored first-half block's output
+            x = x + sd["skip_weights"][L - 1 - layer] * skips.pop()
         h = norm(x, f"{p}.norm1")
         qkv = linear(h, f"{p}.attn.qkv")
         q, k, v = qkv.split([nh * hs, nkv * hs, nkv * hs], -1)
+        table = layer if layer < N else layer - (L - N) if layer >= L - N else None
+        if table is not None:
+            v = v + sd[f"value_embeds.{table}.weight"][idx]
         q = q.view(B, T, nh, hs).transpose(1, 2)
         k = k.view(B, T, nkv, hs).transpose(1, 2)
         v = v.view(B, T, nkv, hs).transpose(1, 2)
@@ -78,9 +85,14 @@ def reference_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
         else:
             h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
         x = x + linear(h, f"{p}.mlp.proj")
+        if layer < half:
+            skips.append(x)
     x = norm(x, "norm_f")
     head = sd["wte.weight"] if cfg.tie_embeddings else sd["lm_head.weight"]
-    return x @ head.T
+    logits = x @ head.T
+    if cfg.logit_softcap is not None:
+        logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+    return logits
 
 
 GPT2_STYLE = dict(pos="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True)
@@ -101,6 +113,36 @@ def test_forward_matches_independent_implementation(style: dict) -> None:
     logits, _ = model(idx)
     expected = reference_forward(model, idx)
     assert torch.allclose(logits, expected, atol=1e-5, rtol=0), (logits - expected).abs().max()
+
+
+@pytest.mark.parametrize("n_layer", [4, 5])
+def test_speedrun_switches_match_independent_implementation(n_layer: int) -> None:
+    """Value embeddings, U-net skips (an odd depth leaves the middle block without one), soft-capping."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        n_layer=n_layer, n_head=4, n_embd=16, block_size=8, vocab_size=11, pos="rope", norm="rmsnorm",
+        mlp="relu2", bias=False, value_embeds=2, unet_skips=True, logit_softcap=2.0,
+    )  # fmt: skip
+    model = GPT(cfg).double().eval()
+    assert model.skip_weights is not None and model.skip_weights.tolist() == [1.0, 1.0]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    idx = torch.randint(0, 11, (3, 8))
+    logits, _ = model(idx)
+    assert torch.allclose(logits, reference_forward(model, idx), atol=1e-6, rtol=0)
+    assert logits.abs().max() < 2.0  # capped
+    plain = GPT(
+        ModelConfig(**{**cfg.__dict__, "value_embeds": 0, "unet_skips": False, "logit_softcap": None})
+    )
+    assert count_params(model) - count_params(plain) == 2 * 11 * 16 + n_layer // 2
+
+
+def test_value_embeds_must_leave_the_first_and_last_blocks_apart() -> None:
+    from steplab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--model.value-embeds 3: .*\(at most 2 with 4 layers\)"):
+        ModelConfig(n_layer=4, value_embeds=3).check()
 
 
 def test_loss_is_cross_entropy_of_logits() -> None:

@@ -65,7 +65,9 @@ def test_a_sharded_run_resumes_on_the_uninterrupted_trajectory(
     monkeypatch.setattr(dist, "SHARD_FILE_BYTES", 64 << 10)  # several files per rank
     train(run, "--train.max-steps", "6", "--optim.name", optim, *SHARDED)
     files = sorted(p.name for p in (newest(run) / "shards").iterdir())
-    assert len(files) > 3 and files[-1] == f"shard-00001-model-{len(files):05d}-of-{len(files):05d}.safetensors"
+    assert (
+        len(files) > 3 and files[-1] == f"shard-00001-model-{len(files):05d}-of-{len(files):05d}.safetensors"
+    )
     train(run, "--train.max-steps", "12", "--optim.name", optim, "--resume", *SHARDED)
     assert losses(run) == pytest.approx(losses(tmp_path / "ref"), abs=1e-6)
 

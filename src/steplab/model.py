@@ -12,6 +12,12 @@ initialised with std init_std/sqrt(m), attention scores are scaled by 1/hs inste
 the logits are multiplied by 1/m. An untied output head starts at zero. The head count is
 meant to stay fixed as the width grows (hs grows with it), as `steplab transfer` does.
 The per-group learning-rate scaling lives in `steplab.optim`.
+
+Three switches from the GPU speedrun community (modded-nanogpt), off by default and tried on
+the CPU speedrun (docs/speedrun.md): ``logit_softcap`` (logits C·tanh(logits/C)),
+``unet_skips`` (block i's output feeds block L-1-i with a learned weight) and
+``value_embeds`` (embedding tables added to the attention values of the first and last
+blocks). transformers has no equivalent of the last two, so export refuses them.
 """
 
 from __future__ import annotations
@@ -127,10 +133,14 @@ class CausalSelfAttention(nn.Module):
         self.scale = attention_scale(cfg)
         self.impl = cfg.attention
 
-    def forward(self, x: torch.Tensor, rope: Rope, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: Rope, mask: torch.Tensor | None = None, ve: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+        if ve is not None:  # a value embedding (B, T, nkv * hs): token identity straight into the values
+            v = v + ve
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
@@ -186,8 +196,10 @@ class Block(nn.Module):
         self.norm2 = make_norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, rope: Rope, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope, mask)
+    def forward(
+        self, x: torch.Tensor, rope: Rope, mask: torch.Tensor | None = None, ve: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, mask, ve)
         return x + self.mlp(self.norm2(x))
 
 
@@ -200,6 +212,12 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        # Value embeddings: table j serves block j and block L-N+j (the first and last N blocks).
+        self.value_embeds = nn.ModuleList(
+            nn.Embedding(cfg.vocab_size, cfg.kv_heads * cfg.head_dim) for _ in range(cfg.value_embeds)
+        )
+        # U-net: block L-1-i adds skip_weights[i] times block i's output to its input.
+        self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2)) if cfg.unet_skips else None
         self.norm_f = make_norm(cfg, cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -234,7 +252,7 @@ class GPT(nn.Module):
                     nn.init.zeros_(p)
                 else:
                     nn.init.ones_(p)
-            elif name.startswith(("wte", "wpe")):
+            elif name.startswith(("wte", "wpe", "value_embeds")):
                 nn.init.normal_(p, 0.0, std)
             elif name.startswith("lm_head"):
                 # Untied head: zero-init under muP (the standard muP readout), std otherwise.
@@ -258,11 +276,21 @@ class GPT(nn.Module):
             x = x + self.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast
         x = self.drop(x)
         rope = (self.rope_cos, self.rope_sin) if self.cfg.pos == "rope" else None
-        for block in self.blocks:
-            x = block(x, rope, self.mask)
+        L, N = len(self.blocks), len(self.value_embeds)
+        ves = [table(idx) for table in self.value_embeds]  # (B, T, nkv * hs) each
+        skips: list[torch.Tensor] = []  # the first half's outputs, for the U-net skips
+        for i, block in enumerate(self.blocks):
+            if self.skip_weights is not None and i >= L - len(self.skip_weights):
+                x = x + self.skip_weights[L - 1 - i] * skips.pop()
+            ve = ves[i] if i < N else ves[i - (L - N)] if i >= L - N else None
+            x = block(x, rope, self.mask, ve)
+            if self.skip_weights is not None and i < len(self.skip_weights):
+                skips.append(x)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
         if self.logit_scale != 1.0:
             logits = logits * self.logit_scale
+        if self.cfg.logit_softcap is not None:  # smooth, bounded logits: |logit| < C
+            logits = self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
@@ -275,7 +303,8 @@ def count_params(model: GPT, *, embeddings: bool = True) -> int:
     n = 0
     for name, p in model.named_parameters():  # named_parameters() yields a tied weight once
         if not embeddings and (
-            name.startswith("wpe") or (name.startswith("wte") and not model.cfg.tie_embeddings)
+            name.startswith(("wpe", "value_embeds"))
+            or (name.startswith("wte") and not model.cfg.tie_embeddings)
         ):
             continue
         n += p.numel()

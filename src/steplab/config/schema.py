@@ -63,6 +63,17 @@ class ModelConfig:
         "attention kernel: sdpa (fused, memory-lean) or matmul (two batched matmuls, faster on CPU "
         "for short contexts); auto picks matmul on CPU up to 256 tokens, sdpa otherwise",
     )
+    logit_softcap: float | None = opt(
+        None,
+        "cap the logits smoothly at +-C: C * tanh(logits / C) (Gemma 2, modded-nanogpt); none: off",
+        gt=0,
+    )
+    unet_skips: bool = opt(
+        False, "U-net skips: the input of block L-1-i gets block i's output, times a learned weight"
+    )
+    value_embeds: int = opt(
+        0, "value embeddings: N tables added to the attention values of the first and last N blocks", ge=0
+    )
     init_std: float = opt(0.02, "standard deviation of the weight initialisation", gt=0)
     parametrization: Literal["sp", "mup"] = opt("sp", "standard or maximal-update (muP) parametrization")
     mup_base_width: int = opt(128, "base width that muP hyperparameters refer to", ge=1)
@@ -92,6 +103,11 @@ class ModelConfig:
         if self.n_head % self.kv_heads:
             raise ConfigError(
                 f"--model.n-head ({self.n_head}) must be divisible by --model.n-kv-head ({self.kv_heads})"
+            )
+        if 2 * self.value_embeds > self.n_layer:
+            raise ConfigError(
+                f"--model.value-embeds {self.value_embeds}: the first and last N blocks must not overlap "
+                f"(at most {self.n_layer // 2} with {self.n_layer} layers)"
             )
         if self.pos == "rope" and self.head_dim % 2:
             raise ConfigError(f"rope needs an even head dimension (n_embd/n_head = {self.head_dim})")

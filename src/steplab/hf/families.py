@@ -92,9 +92,17 @@ def logit_scale(cfg: ModelConfig) -> float:
 # --- export: steplab -> transformers ---------------------------------------------------------
 
 
+SPEEDRUN_SWITCHES = ("logit_softcap", "unet_skips", "value_embeds")  # model.py's modded-nanogpt levers
+
+
 def family_for(cfg: ModelConfig) -> Family:
     """The transformers class that computes exactly what `cfg`'s model does; `ExportError` naming
     the blocking setting (and the presets that do export) when there is none."""
+    switches = [
+        f"--model.{f.replace('_', '-')} {getattr(cfg, f)}" for f in SPEEDRUN_SWITCHES if getattr(cfg, f)
+    ]
+    if switches:  # no transformers decoder computes these
+        raise ExportError(f"{', '.join(switches)}: no transformers equivalent{_exportable()}")
     if cfg.parametrization == "mup" and cfg.tie_embeddings and logit_scale(cfg) != 1.0:
         raise ExportError(
             "--model.parametrization mup with --model.tie-embeddings true: the muP logit scale "

@@ -28,7 +28,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig, model_cfg: ModelConfig | No
     for name, p in model.named_parameters():  # a tied weight appears once, under wte
         if not p.requires_grad:
             continue
-        if name.startswith(("wte.", "wpe.")):
+        if name.startswith(("wte.", "wpe.", "value_embeds.")):
             buckets["embed"].append(p)
         elif name.startswith("lm_head."):
             buckets["head"].append(p)
