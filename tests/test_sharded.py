@@ -125,3 +125,11 @@ def test_saved_by_two_fsdp_processes_resumed_by_four(tmp_path: Path) -> None:
     torchrun(tmp_path, 4, run, "--train.max-steps", "12", "--resume", *fsdp)
     assert len(list((newest(run) / "shards").iterdir())) == 4
     assert losses(run) == pytest.approx(losses(tmp_path / "ref"), abs=1e-5)
+
+
+def test_a_checkpoint_before_the_first_step_leaves_the_optimizer_fresh(tmp_path: Path) -> None:
+    """The rollback guard saves at step 0: no optimizer state exists yet, and none is invented."""
+    guard = ("--guard.policy", "rollback")
+    train(tmp_path / "full", "--train.max-steps", "4", *guard)
+    train(tmp_path / "sharded", "--train.max-steps", "4", *guard, *SHARDED)
+    assert losses(tmp_path / "sharded") == pytest.approx(losses(tmp_path / "full"), abs=1e-6)

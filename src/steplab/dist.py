@@ -268,7 +268,9 @@ def save_sharded(
 
     state: dict[str, Any] = {"model": _model_shards(model)}
     rest = None
-    if optimizer is not None:
+    # An optimizer that has not stepped yet has nothing to save; asking torch for its state
+    # would create it with a zero-lr step (and count that step).
+    if optimizer is not None and any(o.state for o in _optimizers(optimizer)):
         state["optim"], rest = _split_optimizer(get_optimizer_state_dict(model, _optimizers(optimizer)))
     files = _files_of(state)
     writer = HuggingFaceStorageWriter(str(directory), fqn_to_index_mapping=files, save_distributed=True)
