@@ -52,7 +52,7 @@ def test_a_sharded_checkpoint_holds_the_same_model_as_a_full_one(tmp_path: Path)
     assert sorted(full) == sorted(sharded)
     for name, t in full.items():
         assert torch.equal(t, sharded[name]), name
-    shapes = ckpt.load(path, with_optimizer=False, with_weights=False).weights
+    shapes = ckpt.load(path, with_optimizer=False, whole=False).weights
     assert all(t.is_meta and t.shape == full[k].shape for k, t in shapes.items())
 
 
