@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "bench" / "reference_gpt.py"
+# ../shared/bench/reference_gpt.py beside the repository (or beside its parent, for a git worktree)
+REFERENCE = next(
+    (p / "shared" / "bench" / "reference_gpt.py" for p in (ROOT.parent, ROOT.parent.parent)
+     if (p / "shared" / "bench" / "reference_gpt.py").exists()),
+    ROOT.parent / "shared" / "bench" / "reference_gpt.py",
+)  # fmt: skip
 
 
 def reference(*args: str, timeout: float = 1800) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ both sides alike). Training time excludes evaluation on both sides, and the firs
 (compilation, warm-up) are left out of the measure on both sides.
 
     python benchmarks/throughput.py --steps 400 --repeats 3
-    python benchmarks/throughput.py --variants   # also the levers: threads, bf16 (AMX), compile
+    python benchmarks/throughput.py --variants   # also the levers: threads, bf16, compile
 
 On a shared VM, tokens/s drifts by +-20% over tens of seconds, more than separate runs can
 average out. `--interleaved` measures in one process instead, alternating blocks of 10 steps:
@@ -34,7 +34,8 @@ REFERENCE_CONFIG = ["--preset", "shakespeare_char", "--eval.every", "0", "--trai
 VARIANTS = {
     "steplab (reference config)": [],
     "+ float32 (no autocast)": ["--train.dtype", "float32"],
-    "+ bf16 autocast (AMX)": ["--train.dtype", "bfloat16"],
+    "+ bf16 autocast": ["--train.dtype", "bfloat16"],
+    "+ torch.compile": ["--train.compile"],
     "+ bf16 + torch.compile": ["--train.dtype", "bfloat16", "--train.compile"],
     "+ sdpa attention": ["--model.attention", "sdpa"],
     "+ guard off": ["--guard.policy", "off"],

@@ -155,7 +155,7 @@ def test_eval_window_fixes_the_measure(tiny_cfg: RunConfig) -> None:
 
 
 def test_bf16_autocast_run_learns_and_resumes_exactly(tmp_path: Path, tiny_cfg: RunConfig) -> None:
-    """The CPU default on AMX machines: bf16 autocast with float32 weights and optimizer state."""
+    """The CPU default with native bf16 GEMMs: bf16 autocast with float32 weights and optimizer state."""
     cfg = tiny_cfg
     cfg.train.dtype = "bfloat16"
     cfg.train.max_steps, cfg.train.log_every, cfg.eval.every = 40, 10, 0
@@ -171,14 +171,14 @@ def test_bf16_autocast_run_learns_and_resumes_exactly(tmp_path: Path, tiny_cfg: 
     assert resumed.final["val_loss"] == full.final["val_loss"]
 
 
-def test_auto_dtype_is_bf16_on_cuda_and_amx_cpus_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_dtype_is_bf16_on_cuda_and_bf16_gemm_cpus_only(monkeypatch: pytest.MonkeyPatch) -> None:
     from steplab import runtime
     from steplab.config import TrainConfig
 
     auto = TrainConfig()
     assert runtime.autocast_dtype(auto, torch.device("cuda")) == torch.bfloat16
-    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_bf16_gemm", lambda: True)
     assert runtime.autocast_dtype(auto, torch.device("cpu")) == torch.bfloat16
-    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_bf16_gemm", lambda: False)
     assert runtime.autocast_dtype(auto, torch.device("cpu")) is None
     assert runtime.autocast_dtype(TrainConfig(dtype="bfloat16"), torch.device("cpu")) == torch.bfloat16

@@ -42,17 +42,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_has_amx() -> bool:
-    """Intel AMX (Sapphire Rapids and later): bf16 matrix tiles that make bf16 GEMMs ~3x faster."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe and probe())
+def cpu_has_bf16_gemm() -> bool:
+    """A CPU with native bf16 dot products, where oneDNN's bf16 GEMMs beat float32: Intel AMX
+    tiles (Sapphire Rapids and later, ~3x) or AVX512-BF16 (Cooper Lake, AMD Zen 4 and later,
+    ~2.3x: docs/scale.md). Elsewhere bf16 GEMMs are emulated and slower than float32."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, p, None) and getattr(torch.cpu, p)()) for p in probes)
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA, and on CPUs with AMX; full precision on other CPUs, where bf16
-    GEMMs are emulated and slower than float32. Weights and optimizer state stay float32."""
+    """bf16 autocast on CUDA, and on CPUs with native bf16 GEMMs (AMX or AVX512-BF16); full
+    precision on other CPUs. Weights and optimizer state stay float32."""
     if cfg.dtype == "auto":
-        if device.type == "cuda" or (device.type == "cpu" and cpu_has_amx()):
+        if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_gemm()):
             return torch.bfloat16
         return None
     return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
@@ -89,7 +91,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype | None | str = "auto") -
     if override:
         return float(override)
     if dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" or (device.type == "cpu" and cpu_has_amx()) else None
+        dtype = torch.bfloat16 if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_gemm()) else None
     dtype = dtype or torch.float32
     assert isinstance(dtype, torch.dtype)
     if device.type == "cuda" and dtype == torch.bfloat16:

@@ -204,7 +204,7 @@ class TrainConfig:
     seed: int = opt(1337, "random seed (model init, batch order, dropout)")
     device: str = opt("auto", "cpu, cuda, cuda:N, mps or auto")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
-        "auto", "autocast dtype (auto: bf16 on CUDA and on CPUs with AMX, float32 elsewhere)"
+        "auto", "autocast dtype (auto: bf16 on CUDA and on CPUs with AMX or AVX512-BF16, float32 elsewhere)"
     )
     compile: bool = opt(False, "torch.compile the model")
     parallel: Literal["ddp", "fsdp"] = opt("ddp", "how torchrun processes share the work: DDP or FSDP2")
