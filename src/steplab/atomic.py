@@ -205,7 +205,7 @@ def staging_dir(final: Path, *, prefix: str | None = None) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-@contextmanager
+@contextlib.contextmanager
 def adopted(tmp: Path) -> Iterator[Path]:
     """A temporary directory others already wrote into (every rank's shards), used as
     `staging_dir` would be: removed unless it was renamed into place."""

@@ -91,7 +91,11 @@ def peak_flops(device: torch.device, dtype: torch.dtype | None | str = "auto") -
     if override:
         return float(override)
     if dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_gemm()) else None
+        dtype = (
+            torch.bfloat16
+            if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_gemm())
+            else None
+        )
     dtype = dtype or torch.float32
     assert isinstance(dtype, torch.dtype)
     if device.type == "cuda" and dtype == torch.bfloat16:
