@@ -37,9 +37,9 @@ def gemm(shapes: list[tuple[int, int, int]], repeats: int = 200) -> None:
 # Kinds of work, by operator name (first match wins); self time is summed per kind.
 KINDS = [
     ("matrix multiplies", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_mkldnn", "mkldnn")),
+    ("loss (log-softmax, nll)", ("log_softmax", "logsoftmax", "nll_loss", "cross_entropy")),
     ("attention (softmax, mask, sdpa)", ("softmax", "scaled_dot_product", "_flash_attention", "masked_fill", "triu")),
     ("norms", ("norm",)),
-    ("loss (log-softmax, nll)", ("log_softmax", "nll_loss", "cross_entropy")),
     ("embedding lookup and its gradient", ("embedding", "index_add", "index_select")),
     ("optimizer and clipping", ("_fused_adam", "_foreach", "adamw", "muon", "clip_grad")),
     ("casts and copies", ("aten::copy_", "aten::_to_copy", "aten::to", "clone", "contiguous")),

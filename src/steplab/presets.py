@@ -40,7 +40,7 @@ def speedrun_cpu() -> RunConfig:
     and 24 sequences a step, trained by Muon (AdamW for embeddings, head and vectors) with a
     short WSD schedule: small batches and Muon learn more per token at this scale, QK-norm
     lets 165 steps do what took 250, and the cool-down does the rest. bf16 autocast on CPUs
-    with AMX (the default there). Stops at the first evaluation at or below 1.91
+    with native bf16 GEMMs (the default there). Stops at the first evaluation at or below 1.91
     (docs/speedrun.md).
     """
     cfg = default()
