@@ -265,3 +265,38 @@ def test_the_lr_search_follows_a_minimum_past_the_edge_of_its_bracket(monkeypatc
     measured.clear()
     lr, _, _ = search.best_lr("adamw", [1e-3, 2e-3, 4e-3], "", extend=False)
     assert measured == [1e-3, 2e-3, 4e-3] and lr == 4e-3
+
+
+def test_every_lr_proxy_trains_on_the_same_tokens_however_the_stage_spent_its_time() -> None:
+    """A stage that spent most of its allowance before its last optimizer (a slow range test)
+    must not judge that optimizer on starved proxies: every proxy gets the first one's tokens,
+    and never fewer than MIN_STEPS steps."""
+    from types import SimpleNamespace
+
+    from steplab.auto.choose_optimizer import LrSearch
+    from steplab.auto.context import Proxy
+    from steplab.auto.space import MIN_STEPS, template
+
+    cfg = template(DataConfig())
+    per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
+    now = [0.0]
+    given: list[int] = []
+
+    def proxy(name: str, c, *, tokens: int, params: int) -> Proxy:  # noqa: ANN001
+        given.append(tokens)
+        now[0] += 4.0  # each proxy takes 4 s of a 12 s allowance
+        return Proxy(name, "finished", 2.0, 2.0, tokens, 1.0, 1.0, 1, 1.0)
+
+    ctx = SimpleNamespace(
+        clock=SimpleNamespace(spent=lambda: now[0]),
+        tokens_for=lambda sp, share: int(share * 100 * per_step),  # 100 steps a second
+        proxy=proxy,
+    )
+    search = LrSearch(ctx, cfg, SimpleNamespace(matmul_params=0), 12.0, 6, [])  # type: ignore[arg-type]
+    search.best_lr("adamw", [1e-3, 2e-3, 4e-3], "", extend=False)
+    search.best_lr("muon", [1e-2, 2e-2, 4e-2], "", extend=False)  # the allowance is long gone
+    assert given == [given[0]] * 6 and given[0] == 200 * per_step
+    tiny = LrSearch(ctx, cfg, SimpleNamespace(matmul_params=0), 0.01, 6, [])  # type: ignore[arg-type]
+    given.clear()
+    tiny.best_lr("adamw", [1e-3], "", extend=False)
+    assert given == [MIN_STEPS * per_step]

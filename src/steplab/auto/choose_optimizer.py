@@ -90,7 +90,9 @@ FALLBACK = {
 
 @dataclass
 class LrSearch:
-    """The proxies of this stage: each gets an equal share of what the stage has left."""
+    """The proxies of this stage, every one trained on the same number of tokens: an equal
+    share of what the stage has left when the first proxy starts (after every range test),
+    and never fewer than MIN_STEPS steps, so no optimizer is judged on a starved proxy."""
 
     ctx: Context
     cfg: RunConfig
@@ -100,14 +102,16 @@ class LrSearch:
     rows: list[list[str]]
     start: float = 0.0
     done: int = 0
+    tokens: int = 0  # per proxy, fixed by the first one
 
     def measure(self, name: str, lr: float, note: str) -> Proxy:
-        ctx = self.ctx
-        share = (self.allowance - (ctx.clock.spent() - self.start)) / max(1, self.planned - self.done)
-        c = copy.deepcopy(self.cfg)
+        ctx, c = self.ctx, copy.deepcopy(self.cfg)
+        if not self.tokens:
+            share = (self.allowance - (ctx.clock.spent() - self.start)) / max(1, self.planned - self.done)
+            per_step = c.train.batch_size * c.train.grad_accum * c.model.block_size
+            self.tokens = max(ctx.tokens_for(self.speed, share), MIN_STEPS * per_step)
         c.optim.name, c.optim.lr = name, lr
-        tokens = ctx.tokens_for(self.speed, share)
-        p = ctx.proxy(f"optimizer-{name}-lr{lr:.3g}", c, tokens=tokens, params=self.speed.matmul_params)
+        p = ctx.proxy(f"optimizer-{name}-lr{lr:.3g}", c, tokens=self.tokens, params=self.speed.matmul_params)
         self.done += 1
         self.rows.append([name, f"{lr:.3g}", f"{p.val_bpb:.4f}" if p.ok else f"excluded ({p.verdict})", note])
         return p
@@ -158,8 +162,8 @@ def decide_optimizer(ctx: Context, allowance: float) -> Decision:
     rows = [["optimizer", "learning rate", "val bits/byte", "first guess"]]
     search = LrSearch(ctx, cfg, sp, allowance, len(optimizers) * (points + extend), rows, ctx.clock.spent())
     best: dict[str, tuple[float, float, str]] = {}  # optimizer -> (lr, bpb, how)
-    for name in optimizers:
-        center, how = lr_guess(ctx, cfg, name, use_lr_find=use_lr_find)
+    guesses = {name: lr_guess(ctx, cfg, name, use_lr_find=use_lr_find) for name in optimizers}
+    for name, (center, how) in guesses.items():
         lrs = [center / LR_FACTOR, center, center * LR_FACTOR] if points == 3 else [center]
         if (found := search.best_lr(name, lrs, how, extend=extend)) is not None:
             best[name] = found
