@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from steplab.dist import torchrun_command
+from helpers import train_procs
 from steplab.rundir import read_metrics
 
 BASE = [
@@ -32,17 +29,7 @@ BASE = [
 
 
 def run(tmp: Path, nproc: int, run_dir: Path, *extra: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "steplab", "train"] if nproc == 1 else torchrun_command(nproc, ["train"])
-    out = subprocess.run(
-        [*cmd, *BASE, "--run-dir", str(run_dir), *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    train_procs(tmp, nproc, run_dir, *BASE, *extra)
 
 
 def losses(run_dir: Path) -> list[float]:

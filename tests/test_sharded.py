@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import train_procs
 from steplab import checkpoint as ckpt
 from steplab import dist
 from steplab.cli.main import main
-from steplab.dist import torchrun_command
 from steplab.errors import CheckpointError
 from steplab.rundir import read_metrics
 
@@ -93,17 +90,7 @@ def test_damaged_shards_are_refused(tmp_path: Path) -> None:
 
 
 def torchrun(tmp: Path, nproc: int, run_dir: Path, *extra: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "steplab", "train"] if nproc == 1 else torchrun_command(nproc, ["train"])
-    out = subprocess.run(
-        [*cmd, *BASE, "--run-dir", str(run_dir), *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    train_procs(tmp, nproc, run_dir, *BASE, *extra)
 
 
 def test_saved_by_two_fsdp_processes_resumed_by_one(tmp_path: Path) -> None:
